@@ -1,0 +1,151 @@
+package catalog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"computebroker/market"
+)
+
+// Change is one entry of a market's change stream: an offer listed or
+// changed (Remove false, Offer complete), or withdrawn from the market
+// (Remove true, Offer with ID, ProviderID, Version and UpdatedAt only).
+type Change struct {
+	StreamID string
+	Market   market.MarketKey
+	Remove   bool
+	Offer    market.Offer
+}
+
+// MarketState is a market's listed offers and the change-stream position
+// they reflect: following the stream from Position after applying Offers
+// misses nothing (changes already reflected come again and carry versions
+// no newer than the offers', so applying by version is idempotent).
+type MarketState struct {
+	Market   market.MarketKey
+	Offers   []market.Offer
+	Position string
+}
+
+// LoadMarket reads a market's listed active offers and the position to
+// follow its change stream from.
+func (s *Store) LoadMarket(ctx context.Context, m market.MarketKey) (MarketState, error) {
+	st := MarketState{Market: m, Position: "0-0"}
+	// The position first: anything that changes after it is replayed.
+	last, err := s.rdb.XRevRangeN(ctx, ChangeStreamKey(m), "+", "-", 1).Result()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return st, unavailable("load market", err)
+	}
+	if len(last) == 1 {
+		st.Position = last[0].ID
+	}
+	offers, _, err := s.ListOffers(ctx, OfferFilter{Markets: []market.MarketKey{m}})
+	if err != nil {
+		return st, err
+	}
+	st.Offers = offers
+	return st, nil
+}
+
+// Follow reads the change streams of the markets from the positions given
+// (missing positions start at the newest entry) and calls apply with each
+// batch of changes, in stream order per market, until ctx ends. It blocks in
+// Redis for at most block between batches. A failing read is retried with
+// backoff; Follow returns only ctx's error.
+func (s *Store) Follow(ctx context.Context, positions map[market.MarketKey]string, block time.Duration, apply func([]Change)) error {
+	markets := make([]market.MarketKey, 0, len(positions))
+	for m := range positions {
+		markets = append(markets, m)
+	}
+	pos := make(map[string]string, len(markets))
+	byKey := make(map[string]market.MarketKey, len(markets))
+	for _, m := range markets {
+		k := ChangeStreamKey(m)
+		byKey[k] = m
+		pos[k] = positions[m]
+		if pos[k] == "" {
+			pos[k] = "$"
+		}
+	}
+	backoff := 100 * time.Millisecond
+	args := make([]string, 0, 2*len(markets))
+	for ctx.Err() == nil {
+		args = args[:0]
+		for _, m := range markets {
+			args = append(args, ChangeStreamKey(m))
+		}
+		for _, m := range markets {
+			args = append(args, pos[ChangeStreamKey(m)])
+		}
+		res, err := s.rdb.XRead(ctx, &redis.XReadArgs{Streams: args, Count: 1000, Block: block}).Result()
+		if errors.Is(err, redis.Nil) {
+			continue
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(backoff):
+			}
+			if backoff < 2*time.Second {
+				backoff *= 2
+			}
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		var batch []Change
+		for _, st := range res {
+			m := byKey[st.Stream]
+			for _, msg := range st.Messages {
+				pos[st.Stream] = msg.ID
+				if c, ok := decodeChange(m, msg); ok {
+					batch = append(batch, c)
+				}
+			}
+		}
+		if len(batch) > 0 {
+			apply(batch)
+		}
+	}
+	return ctx.Err()
+}
+
+func decodeChange(m market.MarketKey, msg redis.XMessage) (Change, bool) {
+	vals := make(map[string]string, len(msg.Values))
+	for k, v := range msg.Values {
+		s, _ := v.(string)
+		vals[k] = s
+	}
+	c := Change{StreamID: msg.ID, Market: m}
+	switch vals["t"] {
+	case "upsert":
+		o, err := decodeOffer(vals)
+		if err != nil || o.ID == "" {
+			return c, false
+		}
+		c.Offer = o
+	case "remove":
+		v, _ := strconv.ParseInt(vals["version"], 10, 64)
+		c.Remove = true
+		c.Offer = market.Offer{ID: vals["id"], ProviderID: vals["provider"], ResourceClass: m.Class, Region: m.Region,
+			Version: v, Status: market.OfferDeleted, UpdatedAt: fromMS(vals["updated_at"])}
+	default:
+		return c, false
+	}
+	return c, true
+}
+
+// String describes a change for logs.
+func (c Change) String() string {
+	if c.Remove {
+		return fmt.Sprintf("remove %s v%d", c.Offer.ID, c.Offer.Version)
+	}
+	return fmt.Sprintf("upsert %s v%d %s free %d", c.Offer.ID, c.Offer.Version, c.Offer.Price, c.Offer.UnitsFree)
+}

@@ -1,0 +1,134 @@
+package catalog
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/shopspring/decimal"
+
+	"computebroker/market"
+)
+
+// reserveScript is step 2 of the checkout and its commit point: in one
+// market slot it checks the offer is still eligible at the matched price,
+// takes the units, writes the lease, and appends the trade to the market's
+// trade stream and the new capacity to its change stream. It is idempotent by
+// order id: a repeated call returns the lease the first one made.
+//
+// KEYS: offer, olease, lease, trades stream, changes stream
+// ARGV: lease id, expected price, units, hours, lease json, trade json, now ms, maxlen
+var reserveScript = redis.NewScript(`
+local prev = redis.call('GET', KEYS[2])
+if prev then return {'dup', prev} end
+local o = redis.call('HMGET', KEYS[1], 'status', 'listed', 'price', 'free', 'max_hours', 'id', 'provider', 'units')
+if not o[1] or o[1] ~= 'active' then return {'reject', 'offer_inactive'} end
+if o[2] ~= '1' then return {'reject', 'provider_not_approved'} end
+if o[3] ~= ARGV[2] then return {'reject', 'price_changed'} end
+local units = tonumber(ARGV[3])
+if tonumber(o[4]) < units then return {'reject', 'too_few_units'} end
+if tonumber(o[5]) < tonumber(ARGV[4]) then return {'reject', 'too_few_hours'} end
+local free = redis.call('HINCRBY', KEYS[1], 'free', -units)
+local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[7])
+redis.call('HSET', KEYS[3], 'json', ARGV[5], 'status', 'reserved')
+redis.call('SET', KEYS[2], ARGV[1])
+redis.call('XADD', KEYS[4], '*', 'k', 'trade', 'v', ARGV[6])
+local h = redis.call('HGETALL', KEYS[1])
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[8], '*', 't', 'upsert', unpack(h))
+return {'ok', ARGV[1], tostring(free), tostring(v)}
+`)
+
+// Reservation is the market-slot step of a checkout.
+type Reservation struct {
+	Lease market.Lease // ID, OrderID, OfferID, market, units, hours, price set
+	Trade market.Trade // the trade to append, amounts final
+	Price decimal.Decimal
+	Now   time.Time
+}
+
+// Reserved is what a reservation made.
+type Reserved struct {
+	LeaseID string
+	// Duplicate is true when the order had already reserved (a retry).
+	Duplicate bool
+	UnitsFree int64
+	Version   int64
+}
+
+// Reserve runs the commit point of a checkout. It fails with a conflict
+// *market.Error whose message is the reason when the offer can no longer
+// serve the order at that price ("price_changed", "too_few_units", …).
+func (s *Store) Reserve(ctx context.Context, r Reservation) (Reserved, error) {
+	m := market.MarketKey{Class: r.Lease.ResourceClass, Region: r.Lease.Region}
+	lease, err := json.Marshal(r.Lease)
+	if err != nil {
+		return Reserved{}, fmt.Errorf("catalog: encode lease: %w", err)
+	}
+	trade, err := json.Marshal(r.Trade)
+	if err != nil {
+		return Reserved{}, fmt.Errorf("catalog: encode trade: %w", err)
+	}
+	res, err := reserveScript.Run(ctx, s.rdb,
+		[]string{OfferKey(m, r.Lease.OfferID), OrderLeaseKey(m, r.Lease.OrderID), LeaseKey(m, r.Lease.ID), TradeStreamKey(m), ChangeStreamKey(m)},
+		r.Lease.ID, r.Price.String(), r.Lease.Units, r.Lease.Hours, lease, trade, ms(r.Now), changeStreamMaxLen).StringSlice()
+	if err != nil {
+		return Reserved{}, unavailable("reserve", err)
+	}
+	switch res[0] {
+	case "dup":
+		return Reserved{LeaseID: res[1], Duplicate: true}, nil
+	case "reject":
+		return Reserved{}, &market.Error{Code: market.CodeConflict, Message: res[1]}
+	}
+	out := Reserved{LeaseID: res[1]}
+	fmt.Sscan(res[2], &out.UnitsFree)
+	fmt.Sscan(res[3], &out.Version)
+	// The provider's lease list is an index the trade stream can rebuild;
+	// it is written after the commit point.
+	_ = s.rdb.ZAdd(ctx, "provider:"+r.Lease.ProviderID+":leases", redis.Z{Score: float64(ms(r.Now)), Member: m.String() + "|" + r.Lease.ID}).Err()
+	return out, nil
+}
+
+// OrderLease returns the lease id the order's commit made in market m, or ""
+// when the order never committed there. The reconciler uses it to settle
+// holds a dead broker left.
+func (s *Store) OrderLease(ctx context.Context, m market.MarketKey, orderID string) (string, error) {
+	id, err := s.rdb.Get(ctx, OrderLeaseKey(m, orderID)).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", nil
+	}
+	if err != nil {
+		return "", unavailable("get order lease", err)
+	}
+	return id, nil
+}
+
+// Leases lists a provider's leases, newest first.
+func (s *Store) Leases(ctx context.Context, providerID string, limit int64) ([]market.Lease, error) {
+	members, err := s.rdb.ZRevRange(ctx, "provider:"+providerID+":leases", 0, limit-1).Result()
+	if err != nil {
+		return nil, unavailable("list leases", err)
+	}
+	out := make([]market.Lease, 0, len(members))
+	for _, mem := range members {
+		loc, id, _ := strings.Cut(mem, "|")
+		class, region, _ := strings.Cut(loc, ":")
+		m := market.MarketKey{Class: class, Region: region}
+		vals, err := s.rdb.HGetAll(ctx, LeaseKey(m, id)).Result()
+		if err != nil {
+			return nil, unavailable("get lease", err)
+		}
+		var l market.Lease
+		if json.Unmarshal([]byte(vals["json"]), &l) != nil {
+			continue
+		}
+		l.Status = market.LeaseStatus(vals["status"])
+		out = append(out, l)
+	}
+	return out, nil
+}

@@ -1,0 +1,49 @@
+package catalog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"computebroker/market"
+)
+
+// Store keeps accounts and offers in Redis.
+type Store struct {
+	rdb redis.UniversalClient
+}
+
+// New returns a Store over rdb.
+func New(rdb redis.UniversalClient) *Store { return &Store{rdb: rdb} }
+
+// Client returns the Redis client the store uses.
+func (s *Store) Client() redis.UniversalClient { return s.rdb }
+
+// Ping checks that Redis answers.
+func (s *Store) Ping(ctx context.Context) error { return s.rdb.Ping(ctx).Err() }
+
+func unavailable(op string, err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return &market.Error{Code: market.CodeUnavailable, Message: "request cancelled or timed out", Err: fmt.Errorf("catalog: %s: %w", op, err)}
+	}
+	return &market.Error{Code: market.CodeUnavailable, Message: "store unavailable", Err: fmt.Errorf("catalog: %s: %w", op, err)}
+}
+
+func ms(t time.Time) int64 { return t.UnixMilli() }
+
+func fromMS(s string) time.Time {
+	n, _ := strconv.ParseInt(s, 10, 64)
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(n).UTC()
+}
+
+// scriptError is the message a Lua script raised with redis.error_reply,
+// without the "ERR " Redis puts in front of it.
+func scriptError(err error) string { return strings.TrimPrefix(err.Error(), "ERR ") }

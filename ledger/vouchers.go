@@ -1,0 +1,239 @@
+package ledger
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/shopspring/decimal"
+
+	"computebroker/market"
+)
+
+// CreateProgram stores a new programme with its whole budget left.
+func (s *Store) CreateProgram(ctx context.Context, p market.Program) error {
+	body, err := json.Marshal(p)
+	if err != nil {
+		return fmt.Errorf("ledger: encode program: %w", err)
+	}
+	ok, err := s.rdb.SetNX(ctx, programKey(p.ID), body, 0).Result()
+	if err != nil {
+		return unavailable("create program", err)
+	}
+	if !ok {
+		return market.Errorf(market.CodeConflict, "program %s exists", p.ID)
+	}
+	pipe := s.rdb.Pipeline()
+	pipe.HSet(ctx, budgetKey(p.ID), "budget", fen(p.Budget), "spent", 0, "held", 0)
+	pipe.SAdd(ctx, programsKey, p.ID)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return unavailable("create program", err)
+	}
+	return nil
+}
+
+// Program returns a programme, or not_found.
+func (s *Store) Program(ctx context.Context, id string) (market.Program, error) {
+	body, err := s.rdb.Get(ctx, programKey(id)).Bytes()
+	if isNil(err) {
+		return market.Program{}, market.Errorf(market.CodeNotFound, "program %s not found", id)
+	}
+	if err != nil {
+		return market.Program{}, unavailable("get program", err)
+	}
+	var p market.Program
+	if err := json.Unmarshal(body, &p); err != nil {
+		return market.Program{}, fmt.Errorf("ledger: decode program %s: %w", id, err)
+	}
+	return p, nil
+}
+
+// Budget is a programme's budget use.
+type Budget struct {
+	Budget, Spent, Held decimal.Decimal
+}
+
+// Left is what the programme can still pay.
+func (b Budget) Left() decimal.Decimal { return b.Budget.Sub(b.Spent).Sub(b.Held) }
+
+// ProgramBudget returns a programme's budget use.
+func (s *Store) ProgramBudget(ctx context.Context, id string) (Budget, error) {
+	v, err := s.rdb.HMGet(ctx, budgetKey(id), "budget", "spent", "held").Result()
+	if err != nil {
+		return Budget{}, unavailable("get budget", err)
+	}
+	return Budget{Budget: fromFen(toInt(v[0])), Spent: fromFen(toInt(v[1])), Held: fromFen(toInt(v[2]))}, nil
+}
+
+func toInt(v any) int64 {
+	s, _ := v.(string)
+	n, _ := strconv.ParseInt(s, 10, 64)
+	return n
+}
+
+// IssueVoucher grants a voucher to an SME.
+func (s *Store) IssueVoucher(ctx context.Context, v market.Voucher) error {
+	def := v
+	def.Balance = decimal.Zero
+	body, err := json.Marshal(def)
+	if err != nil {
+		return fmt.Errorf("ledger: encode voucher: %w", err)
+	}
+	key := voucherKey(v.HolderID, v.ID)
+	ok, err := s.rdb.HSetNX(ctx, key, "json", body).Result()
+	if err != nil {
+		return unavailable("issue voucher", err)
+	}
+	if !ok {
+		return market.Errorf(market.CodeConflict, "voucher %s exists", v.ID)
+	}
+	pipe := s.rdb.TxPipeline()
+	pipe.HSet(ctx, key, "balance", fen(v.Amount), "held", 0, "expires_ms", v.ExpiresAt.UnixMilli(), "program", v.ProgramID)
+	pipe.SAdd(ctx, vouchersKey(v.HolderID), v.ID)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return unavailable("issue voucher", err)
+	}
+	if err := s.rdb.SAdd(ctx, allVouchersKey, v.HolderID+"|"+v.ID).Err(); err != nil {
+		return unavailable("issue voucher", err)
+	}
+	return nil
+}
+
+// VoucherState is a voucher with the amount held by checkouts in flight.
+type VoucherState struct {
+	market.Voucher
+	Held decimal.Decimal
+}
+
+// Vouchers lists an SME's vouchers, earliest expiry first.
+func (s *Store) Vouchers(ctx context.Context, smeID string) ([]VoucherState, error) {
+	ids, err := s.rdb.SMembers(ctx, vouchersKey(smeID)).Result()
+	if err != nil {
+		return nil, unavailable("list vouchers", err)
+	}
+	refs := make([][2]string, len(ids))
+	for i, id := range ids {
+		refs[i] = [2]string{smeID, id}
+	}
+	return s.loadVouchers(ctx, refs)
+}
+
+// AllVouchers lists every voucher, earliest expiry first.
+func (s *Store) AllVouchers(ctx context.Context) ([]VoucherState, error) {
+	members, err := s.rdb.SMembers(ctx, allVouchersKey).Result()
+	if err != nil {
+		return nil, unavailable("list vouchers", err)
+	}
+	refs := make([][2]string, 0, len(members))
+	for _, m := range members {
+		sme, id, _ := strings.Cut(m, "|")
+		refs = append(refs, [2]string{sme, id})
+	}
+	return s.loadVouchers(ctx, refs)
+}
+
+func (s *Store) loadVouchers(ctx context.Context, refs [][2]string) ([]VoucherState, error) {
+	if len(refs) == 0 {
+		return nil, nil
+	}
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.MapStringStringCmd, len(refs))
+	for i, r := range refs {
+		cmds[i] = pipe.HGetAll(ctx, voucherKey(r[0], r[1]))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !isNil(err) {
+		return nil, unavailable("load vouchers", err)
+	}
+	out := make([]VoucherState, 0, len(refs))
+	for _, c := range cmds {
+		vals := c.Val()
+		var v market.Voucher
+		if json.Unmarshal([]byte(vals["json"]), &v) != nil {
+			continue
+		}
+		bal, _ := strconv.ParseInt(vals["balance"], 10, 64)
+		held, _ := strconv.ParseInt(vals["held"], 10, 64)
+		v.Balance = fromFen(bal)
+		out = append(out, VoucherState{Voucher: v, Held: fromFen(held)})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].ExpiresAt.Equal(out[j].ExpiresAt) {
+			return out[i].ExpiresAt.Before(out[j].ExpiresAt)
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out, nil
+}
+
+// Funds is one voucher of an SME with everything needed to price it: the
+// voucher's balance left after holds, the SME's annual cap left in its
+// programme, and the programme's budget left.
+type Funds struct {
+	Voucher    market.Voucher
+	Program    market.Program
+	Available  decimal.Decimal
+	CapLeft    decimal.Decimal
+	BudgetLeft decimal.Decimal
+}
+
+// Funds returns the SME's unexpired vouchers with balance left and the state
+// of their programmes, in three round trips.
+func (s *Store) Funds(ctx context.Context, smeID string, now time.Time) ([]Funds, error) {
+	vs, err := s.Vouchers(ctx, smeID)
+	if err != nil {
+		return nil, err
+	}
+	live := vs[:0]
+	for _, v := range vs {
+		if v.ExpiresAt.After(now) && v.Balance.Sub(v.Held).IsPositive() {
+			live = append(live, v)
+		}
+	}
+	if len(live) == 0 {
+		return nil, nil
+	}
+	year := CapYear(now)
+	pipe := s.rdb.Pipeline()
+	progs := map[string]*redis.StringCmd{}
+	caps := map[string]*redis.SliceCmd{}
+	budgets := map[string]*redis.SliceCmd{}
+	for _, v := range live {
+		if _, ok := progs[v.ProgramID]; ok {
+			continue
+		}
+		progs[v.ProgramID] = pipe.Get(ctx, programKey(v.ProgramID))
+		caps[v.ProgramID] = pipe.HMGet(ctx, capKey(smeID, v.ProgramID, year), "used", "held")
+		budgets[v.ProgramID] = pipe.HMGet(ctx, budgetKey(v.ProgramID), "budget", "spent", "held")
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !isNil(err) {
+		return nil, unavailable("load funds", err)
+	}
+	out := make([]Funds, 0, len(live))
+	for _, v := range live {
+		var p market.Program
+		if err := json.Unmarshal([]byte(progs[v.ProgramID].Val()), &p); err != nil {
+			continue
+		}
+		c := caps[v.ProgramID].Val()
+		b := budgets[v.ProgramID].Val()
+		capLeft := p.AnnualCapPerCompany.Sub(fromFen(toInt(c[0]) + toInt(c[1])))
+		budgetLeft := fromFen(toInt(b[0]) - toInt(b[1]) - toInt(b[2]))
+		out = append(out, Funds{Voucher: v.Voucher, Program: p, Available: v.Balance.Sub(v.Held), CapLeft: capLeft, BudgetLeft: budgetLeft})
+	}
+	return out, nil
+}
+
+// CapUsed returns what an SME has captured and holds against a programme's
+// annual cap in year.
+func (s *Store) CapUsed(ctx context.Context, smeID, programID string, year int) (used, held decimal.Decimal, err error) {
+	v, err := s.rdb.HMGet(ctx, capKey(smeID, programID, year), "used", "held").Result()
+	if err != nil {
+		return decimal.Zero, decimal.Zero, unavailable("get cap", err)
+	}
+	return fromFen(toInt(v[0])), fromFen(toInt(v[1])), nil
+}
