@@ -1,0 +1,244 @@
+package matching
+
+import (
+	"math"
+
+	"computebroker/market"
+	"computebroker/voucher"
+)
+
+// query is a Request prepared for checking: the fields every checker needs,
+// converted once per decision.
+type query struct {
+	req   *Request
+	class string // the job's resource class (Job.ResourceClass, else Class.ID)
+	// maxTicks is the job's max price floored to ticks; MaxInt64 for no limit.
+	// price ≤ max ⇔ ticks ≤ floor(max × 10⁴) because ticks are whole.
+	maxTicks int64
+	// minUnits is the least units_free an offer needs: the job's units, or 1
+	// when looking for the parts of a split fill.
+	minUnits int64
+	// mkt is the market being scanned, with what the class and region
+	// checkers answer for it, so that they need not read the strings again
+	// for every offer of a book (whose slots all share its key).
+	mkt                 *market.MarketKey
+	mktClass, mktRegion Reason
+}
+
+// enter prepares q for scanning the offers of the market at mkt.
+func (q *query) enter(mkt *market.MarketKey) {
+	q.mkt = mkt
+	q.mktClass, q.mktRegion = ReasonNone, ReasonNone
+	if mkt.Class != q.class {
+		q.mktClass = ReasonWrongClass
+	}
+	if !q.req.Job.InRegion(mkt.Region) {
+		q.mktRegion = ReasonWrongRegion
+	}
+}
+
+func newQuery(req *Request) query {
+	q := query{req: req, class: req.Job.ResourceClass, maxTicks: math.MaxInt64, minUnits: req.Job.Units}
+	if q.class == "" {
+		q.class = req.Class.ID
+	}
+	if req.Job.HasMaxPrice() {
+		if t, _, clamped := voucher.FloorScaled(req.Job.MaxPrice, market.PriceScale); !clamped {
+			q.maxTicks = t
+		}
+	}
+	return q
+}
+
+// item is the cold part of a book entry: the offer and provider as given.
+type item struct {
+	Candidate
+}
+
+// Slot flags.
+const (
+	flagTicksOK   uint8 = 1 << iota // the price has an exact tick count
+	flagActive                      // Offer.Status is active
+	flagApproved                    // Provider.Approved()
+	flagSuspended                   // Provider.Status is suspended
+)
+
+// slot is the hot part of a book entry, laid out in price order so that a
+// scan reads one cache line per offer: every fact a checker or the pricing
+// needs, and pointers to the shared provider account and market key.
+type slot struct {
+	ticks     int64 // Offer.Price in ticks (market.PriceTicks)
+	unitsFree int64
+	maxHours  int64
+	listTicks int64 // Offer.ListPrice in ticks, -1 when not exact
+	flags     uint8
+	prov      *market.Account   // the provider, shared by its offers
+	mkt       *market.MarketKey // the offer's market, shared by the book
+	it        *item
+}
+
+// newSlot builds the slot of c; prov and mkt must hold c's provider and the
+// offer's class and region.
+func newSlot(it *item, prov *market.Account, mkt *market.MarketKey) slot {
+	o := &it.Offer
+	s := slot{unitsFree: o.UnitsFree, maxHours: o.MaxHours, listTicks: -1, prov: prov, mkt: mkt, it: it}
+	if t, ok := market.PriceTicks(o.Price); ok {
+		s.ticks, s.flags = t, flagTicksOK
+	}
+	if t, ok := market.PriceTicks(o.ListPrice); ok {
+		s.listTicks = t
+	}
+	if o.Status == market.OfferActive {
+		s.flags |= flagActive
+	}
+	if prov.Approved() {
+		s.flags |= flagApproved
+	}
+	if prov.Status == market.ProviderSuspended {
+		s.flags |= flagSuspended
+	}
+	return s
+}
+
+// candidateSlot builds a free-standing slot for a candidate (Rank's).
+func candidateSlot(c Candidate) slot {
+	it := &item{Candidate: c}
+	return newSlot(it, &it.Provider, &market.MarketKey{Class: c.Offer.ResourceClass, Region: c.Offer.Region})
+}
+
+// checker is one feasibility rule: check returns ReasonNone when the
+// candidate passes, else why it is rejected.
+type checker interface {
+	check(q *query, s *slot) Reason
+}
+
+// chain runs checkers in order; the first failing one gives the reason.
+type chain []checker
+
+// newChain is the one place the feasibility checkers are assembled, in the
+// order their reasons are reported.
+func newChain() chain {
+	return chain{
+		priceValidChecker{},
+		providerChecker{},
+		activeChecker{},
+		classChecker{},
+		regionChecker{},
+		unitsChecker{},
+		hoursChecker{},
+		maxPriceChecker{},
+		certificationsChecker{},
+	}
+}
+
+func (c chain) check(q *query, s *slot) Reason {
+	for _, ck := range c {
+		if r := ck.check(q, s); r != ReasonNone {
+			return r
+		}
+	}
+	return ReasonNone
+}
+
+var defaultChain = newChain()
+
+// priceValidChecker rejects prices that have no exact tick count (more than
+// four decimal places, negative or too large); books refuse them on entry.
+type priceValidChecker struct{}
+
+func (priceValidChecker) check(_ *query, s *slot) Reason {
+	if s.flags&flagTicksOK == 0 {
+		return ReasonInvalidPrice
+	}
+	return ReasonNone
+}
+
+// providerChecker: the provider is approved and not suspended.
+type providerChecker struct{}
+
+func (providerChecker) check(_ *query, s *slot) Reason {
+	switch {
+	case s.flags&flagApproved != 0:
+		return ReasonNone
+	case s.flags&flagSuspended != 0:
+		return ReasonProviderSuspended
+	default:
+		return ReasonProviderNotApproved
+	}
+}
+
+// activeChecker: the offer is active.
+type activeChecker struct{}
+
+func (activeChecker) check(_ *query, s *slot) Reason {
+	if s.flags&flagActive == 0 {
+		return ReasonOfferInactive
+	}
+	return ReasonNone
+}
+
+// classChecker: the offer sells the job's resource class.
+type classChecker struct{}
+
+func (classChecker) check(q *query, s *slot) Reason {
+	if s.mkt == q.mkt {
+		return q.mktClass
+	}
+	if s.mkt.Class != q.class {
+		return ReasonWrongClass
+	}
+	return ReasonNone
+}
+
+// regionChecker: the offer's region is one the job accepts (none listed: any).
+type regionChecker struct{}
+
+func (regionChecker) check(q *query, s *slot) Reason {
+	if s.mkt == q.mkt {
+		return q.mktRegion
+	}
+	if !q.req.Job.InRegion(s.mkt.Region) {
+		return ReasonWrongRegion
+	}
+	return ReasonNone
+}
+
+// unitsChecker: units_free ≥ units (≥ 1 for the parts of a split).
+type unitsChecker struct{}
+
+func (unitsChecker) check(q *query, s *slot) Reason {
+	if s.unitsFree < q.minUnits {
+		return ReasonTooFewUnits
+	}
+	return ReasonNone
+}
+
+// hoursChecker: max_hours ≥ hours.
+type hoursChecker struct{}
+
+func (hoursChecker) check(q *query, s *slot) Reason {
+	if s.maxHours < q.req.Job.Hours {
+		return ReasonTooFewHours
+	}
+	return ReasonNone
+}
+
+// maxPriceChecker: price ≤ max_price when the job sets one.
+type maxPriceChecker struct{}
+
+func (maxPriceChecker) check(q *query, s *slot) Reason {
+	if s.ticks > q.maxTicks {
+		return ReasonOverMaxPrice
+	}
+	return ReasonNone
+}
+
+// certificationsChecker: the provider holds every certification the job asks for.
+type certificationsChecker struct{}
+
+func (certificationsChecker) check(q *query, s *slot) Reason {
+	if len(q.req.Job.Certifications) > 0 && !s.prov.HasCertifications(q.req.Job.Certifications) {
+		return ReasonMissingCertifications
+	}
+	return ReasonNone
+}

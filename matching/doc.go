@@ -1,0 +1,31 @@
+// Package matching is the pure matching engine of the compute broker: it
+// decides which offer an SME's job buys, cheapest net of vouchers first.
+//
+// Matching is filter, then rank, in the shape of Nomad's scheduler: small
+// one-method feasibility checkers, assembled in one constructor (newChain),
+// each rejection counted under its reason so the API can explain "why no
+// match"; the eligible offers are then ranked by the net the SME pays after
+// the voucher that applies to that (SME, provider, offer) — exact integer
+// cents and price ticks, no scores. Ties: lower unit price, earlier price
+// time, offer id.
+//
+// Rank is the reference: it checks every candidate and prices it with the
+// decimal voucher rules. Decide is the fast path over Book snapshots: the
+// same checkers, integer pricing (voucher.Prepared), a scan cheapest first
+// that stops at a proven lower bound, and no allocation once its Scratch is
+// warm. The property tests hold Decide to Rank's answer on thousands of
+// random books and jobs, and DecideSplit to a brute-force enumeration.
+//
+// Concurrency: a Book has one writer. An Engine runs one goroutine per
+// market that owns the market's Book, drains a bounded queue of events
+// (Apply blocks when it is full) and publishes an immutable Snapshot per
+// batch through an atomic pointer; Match, Decide, MatchSplit and Snapshot
+// read snapshots without locks and are safe for concurrent use. Resting jobs
+// sit in a registry guarded by a mutex that is never held while matching;
+// each job's state moves once by compare-and-swap, so a fill is reported
+// once even when several markets see it. Config.OnFill is called from a
+// market goroutine (or from Rest) and must not block.
+//
+// The package does no I/O and reads no clock: callers pass now, and the
+// Engine's resting jobs use Config.Now.
+package matching

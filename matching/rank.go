@@ -1,0 +1,106 @@
+package matching
+
+import (
+	"slices"
+	"strings"
+	"time"
+
+	"computebroker/market"
+	"computebroker/voucher"
+
+	"github.com/shopspring/decimal"
+)
+
+// Candidate is an offer with its provider, as the book holds them.
+type Candidate struct {
+	Offer    market.Offer
+	Provider market.Account
+}
+
+// Request is one job of one SME to match.
+type Request struct {
+	Job    market.Job
+	SME    market.Account
+	Class  market.ResourceClass // the job's class (Domestic decides the domestic rate)
+	Grants []voucher.Grant      // ignored unless Job.UseVouchers
+	Now    time.Time
+	Rules  voucher.Rules
+	// Reference is the market reference price of an offer for the voucher
+	// guard; nil, or a zero answer, means the offer's list price.
+	Reference func(market.Offer) decimal.Decimal
+}
+
+// Match is an eligible offer priced for the job.
+type Match struct {
+	Offer    market.Offer
+	Provider market.Account
+	// UnitPrice is the offer's price per unit-hour; Gross = round(UnitPrice ×
+	// units × hours, 2); Discount is the voucher's part; Net = Gross − Discount.
+	UnitPrice, Gross, Discount, Net decimal.Decimal
+	// VoucherID and ProgramID name the voucher used; empty when none.
+	VoucherID, ProgramID string
+}
+
+// Result is the outcome of matching one job.
+type Result struct {
+	Matches    []Match        // eligible, best first
+	Rejected   map[string]int // reason → count of offers rejected for it
+	Considered int            // offers looked at
+}
+
+// Rank filters cands with the feasibility checkers and ranks the eligible ones
+// by net (ties: lower gross unit price, earlier Offer.PriceAt, then offer id).
+// limit ≤ 0 means all. It checks and prices every candidate: it is the
+// reference the Engine is tested against.
+func Rank(req Request, cands []Candidate, limit int) Result {
+	q := newQuery(&req)
+	var counts reasonCounts
+	var out []Match
+	for i := range cands {
+		sl := candidateSlot(cands[i])
+		if r := defaultChain.check(&q, &sl); r != ReasonNone {
+			counts[r]++
+			continue
+		}
+		out = append(out, priceDecimal(&req, &cands[i]))
+	}
+	slices.SortFunc(out, compareMatch)
+	if limit > 0 && len(out) > limit {
+		out = out[:limit:limit]
+	}
+	return Result{Matches: out, Rejected: counts.toMap(), Considered: len(cands)}
+}
+
+// priceDecimal prices an eligible candidate with exact decimals and the
+// voucher rules.
+func priceDecimal(req *Request, c *Candidate) Match {
+	gross := market.Gross(c.Offer.Price, req.Job.Units, req.Job.Hours)
+	m := Match{Offer: c.Offer, Provider: c.Provider, UnitPrice: c.Offer.Price, Gross: gross, Net: gross}
+	if req.Job.UseVouchers && len(req.Grants) > 0 {
+		var ref decimal.Decimal
+		if req.Reference != nil {
+			ref = req.Reference(c.Offer)
+		}
+		if ch, ok := req.Rules.Choose(req.Now, req.SME, c.Provider, c.Offer, req.Class, ref, gross, req.Grants); ok {
+			m.Discount = ch.Discount
+			m.Net = gross.Sub(ch.Discount)
+			m.VoucherID, m.ProgramID = ch.VoucherID, ch.ProgramID
+		}
+	}
+	return m
+}
+
+// compareMatch is the ranking order: net, then unit price, then price time,
+// then offer id.
+func compareMatch(a, b Match) int {
+	if c := a.Net.Cmp(b.Net); c != 0 {
+		return c
+	}
+	if c := a.UnitPrice.Cmp(b.UnitPrice); c != 0 {
+		return c
+	}
+	if c := a.Offer.PriceAt.Compare(b.Offer.PriceAt); c != 0 {
+		return c
+	}
+	return strings.Compare(a.Offer.ID, b.Offer.ID)
+}

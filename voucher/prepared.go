@@ -1,0 +1,289 @@
+package voucher
+
+import (
+	"math"
+	"math/bits"
+	"slices"
+	"strings"
+	"time"
+
+	"computebroker/market"
+
+	"github.com/shopspring/decimal"
+)
+
+// Compiled is a Grant prepared for one request in integer units: everything
+// that does not depend on the offer has been checked, and the discount of a
+// gross of g cents is min(floor(RateBP × g / 10⁴), CapCents, g).
+type Compiled struct {
+	Index                int // position in the grants given to Prepare
+	VoucherID, ProgramID string
+	ExpiresAt            time.Time
+	// RateBP is the programme rate (Rate) in 0.0001, at most 10⁴.
+	RateBP int64
+	// CapCents is floor(min(per_order_cap when set, available, capLeft,
+	// budgetLeft)) in cents: floor(min(…)) = min(floor(…)).
+	CapCents int64
+	// Regions and Providers are the programme's scope; empty means all.
+	Regions, Providers []string
+}
+
+// MaxDiscountCents is the most this grant can pay on a gross of gross cents.
+func (c *Compiled) MaxDiscountCents(gross int64) int64 {
+	return discountCents(c.RateBP, c.CapCents, gross)
+}
+
+// Prepared is the grants of one request (SME, class, time, rules) compiled
+// for the matching engine's hot path. Its Choose gives the same choice and
+// discount as Rules.Choose. A Prepared is reusable: Prepare overwrites it
+// without allocating once its buffer is large enough. Not safe for
+// concurrent use.
+type Prepared struct {
+	grants []Compiled // applicable-so-far grants, by (ExpiresAt, VoucherID)
+	sme    market.Account
+	rules  Rules
+	guardC uint64 // guard ratio coefficient, 0 when not representable
+	guardE int32
+	class  market.ResourceClass
+}
+
+// Grants returns the compiled grants in choice order (expires first, then
+// voucher id). The slice is owned by p.
+func (p *Prepared) Grants() []Compiled { return p.grants }
+
+// Prepare compiles grants for sme buying class at now into p, keeping those
+// that pass every check of Applies that does not depend on the offer:
+// holder, programme, validity, class scope, balance, cap and budget. class
+// must carry the id the offers are checked against. ok is false when a value
+// cannot be held exactly in integers (a rate with more than four decimal
+// places): the caller must then use the decimal rules.
+func (r Rules) Prepare(p *Prepared, now time.Time, sme market.Account, class market.ResourceClass, grants []Grant) (ok bool) {
+	p.grants = p.grants[:0]
+	p.sme, p.rules, p.class = sme, r, class
+	g := r.guard()
+	p.guardC, p.guardE = 0, g.Exponent()
+	if g.NumDigits() <= 18 {
+		p.guardC = uint64(g.CoefficientInt64())
+	}
+	for i := range grants {
+		gr := &grants[i]
+		if !r.offerFree(now, sme, class.ID, gr) {
+			continue
+		}
+		rate := Rate(gr.Program, class, sme)
+		bp, exact, clamped := FloorScaled(rate, 4)
+		if !exact && !clamped {
+			return false
+		}
+		bp = min(max(bp, math.MinInt64/2), 10_000) // min(rate × g, g) = g from rate 1 up
+		c := min(floorCents(gr.Available), floorCents(gr.CapLeft), floorCents(gr.BudgetLeft))
+		if gr.Program.PerOrderCap.IsPositive() {
+			c = min(c, floorCents(gr.Program.PerOrderCap))
+		}
+		p.grants = append(p.grants, Compiled{
+			Index: i, VoucherID: gr.Voucher.ID, ProgramID: gr.Program.ID, ExpiresAt: gr.Voucher.ExpiresAt,
+			RateBP: bp, CapCents: c, Regions: gr.Program.Regions, Providers: gr.Program.Providers,
+		})
+	}
+	slices.SortStableFunc(p.grants, func(a, b Compiled) int {
+		if c := a.ExpiresAt.Compare(b.ExpiresAt); c != 0 {
+			return c
+		}
+		return strings.Compare(a.VoucherID, b.VoucherID)
+	})
+	return true
+}
+
+// offerFree runs the checks of Applies that do not depend on the offer.
+func (r Rules) offerFree(now time.Time, sme market.Account, classID string, g *Grant) bool {
+	switch {
+	case g.Voucher.HolderID != "" && sme.ID != "" && g.Voucher.HolderID != sme.ID,
+		g.Voucher.ProgramID != "" && g.Program.ID != "" && g.Voucher.ProgramID != g.Program.ID,
+		!g.Voucher.ExpiresAt.After(now) || !now.Before(g.Program.ValidTo),
+		now.Before(g.Program.ValidFrom),
+		!inScope(g.Program.ResourceClasses, classID),
+		!g.Available.IsPositive(), !g.CapLeft.IsPositive(), !g.BudgetLeft.IsPositive():
+		return false
+	}
+	return true
+}
+
+func floorCents(d decimal.Decimal) int64 {
+	v, _, _ := FloorScaled(d, market.AmountScale)
+	return v
+}
+
+// discountCents is min(floor(rateBP × gross / 10⁴), capCents, gross), for
+// 0 ≤ gross and rateBP ≤ 10⁴.
+func discountCents(rateBP, capCents, gross int64) int64 {
+	if rateBP <= 0 || gross <= 0 {
+		return 0
+	}
+	hi, lo := bits.Mul64(uint64(rateBP), uint64(gross))
+	q, _ := bits.Div64(hi, lo, 10_000) // hi < 10⁴ since rateBP ≤ 10⁴, gross < 2⁶³
+	return min(int64(q), capCents, gross)
+}
+
+// Target is what Prepared needs to know about one offer.
+type Target struct {
+	Provider   *market.Account // ID (for scope) and related-party keys
+	Offer      *market.Offer   // passed to Ref; ListPrice read when ListTicks < 0
+	Region     string          // the offer's region
+	PriceTicks int64           // the offer's price in 0.0001 CNY
+	// ListTicks is the offer's list price in ticks when that is exact, or -1
+	// to read Offer.ListPrice.
+	ListTicks int64
+	// Ref gives the market reference price of the guard; nil, or a zero
+	// answer, means the list price. It is called at most once per Choose.
+	Ref func(market.Offer) decimal.Decimal
+}
+
+func (t *Target) providerID() string {
+	if t.Provider.ID != "" || t.Offer == nil {
+		return t.Provider.ID
+	}
+	return t.Offer.ProviderID
+}
+
+// Choose gives what Rules.Choose gives for the target offer with gross in
+// cents: the index in the Prepare grants of the chosen grant and its
+// discount in cents, or -1, 0 when none pays.
+func (p *Prepared) Choose(t *Target, gross int64) (index int, discount int64) {
+	if len(p.grants) == 0 || gross <= 0 {
+		return -1, 0
+	}
+	pid := t.providerID()
+	checked := false
+	for i := range p.grants {
+		c := &p.grants[i]
+		if !inScope(c.Regions, t.Region) || !inScope(c.Providers, pid) {
+			continue
+		}
+		if !checked {
+			// Related party and the guard do not depend on the grant.
+			if p.sme.RelatedTo(*t.Provider) || p.aboveGuard(t) {
+				return -1, 0
+			}
+			checked = true
+		}
+		if d := discountCents(c.RateBP, c.CapCents, gross); d > 0 {
+			return c.Index, d
+		}
+	}
+	return -1, 0
+}
+
+// Applicable reports whether c applies to the target (scope, related party,
+// guard), whatever discount it would pay.
+func (p *Prepared) Applicable(c *Compiled, t *Target) bool {
+	return inScope(c.Regions, t.Region) && inScope(c.Providers, t.providerID()) &&
+		!p.sme.RelatedTo(*t.Provider) && !p.aboveGuard(t)
+}
+
+// aboveGuard reports, exactly, whether the price is above ref × GuardRatio
+// (ref zero: the list price; both zero: never).
+func (p *Prepared) aboveGuard(t *Target) bool {
+	if t.Ref != nil {
+		if ref := t.Ref(*t.Offer); ref.IsPositive() {
+			return p.aboveDecimal(t.PriceTicks, ref)
+		}
+	}
+	switch {
+	case t.ListTicks == 0:
+		return false
+	case t.ListTicks > 0:
+		return p.above(t.PriceTicks, uint64(t.ListTicks), -market.PriceScale)
+	case t.Offer.ListPrice.IsPositive():
+		return p.aboveDecimal(t.PriceTicks, t.Offer.ListPrice)
+	}
+	return false
+}
+
+func (p *Prepared) aboveDecimal(priceTicks int64, ref decimal.Decimal) bool {
+	if ref.NumDigits() <= 18 {
+		return p.above(priceTicks, uint64(ref.CoefficientInt64()), ref.Exponent())
+	}
+	return market.TicksPrice(priceTicks).GreaterThan(ref.Mul(p.rules.guard()))
+}
+
+// above reports whether priceTicks > refC × 10^refE × G (refC > 0):
+// price > ref × G ⇔ ticks > floor(ref × G × 10⁴), ticks being whole.
+func (p *Prepared) above(priceTicks int64, refC uint64, refE int32) bool {
+	if p.guardC == 0 {
+		return market.TicksPrice(priceTicks).GreaterThan(decimal.New(int64(refC), refE).Mul(p.rules.guard()))
+	}
+	hi, lo := bits.Mul64(refC, p.guardC)
+	e := int(refE) + int(p.guardE) + market.PriceScale
+	for ; e > 0; e-- {
+		if hi != 0 {
+			return false // ≥ 2⁶⁴ ticks: no price is above
+		}
+		hi, lo = bits.Mul64(lo, 10)
+	}
+	for e < 0 {
+		step := min(-e, 19)
+		dv := pow10u[step]
+		ql, _ := bits.Div64(hi%dv, lo, dv)
+		hi, lo = hi/dv, ql
+		e += step
+	}
+	return hi == 0 && uint64(priceTicks) > lo
+}
+
+var pow10u = [20]uint64{1, 10, 100, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19}
+
+var pow10 = [19]int64{1, 10, 100, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18}
+
+// FloorScaled returns floor(d × 10^scale) clamped to the int64 range; exact
+// is false when digits below 10^-scale were dropped, clamped is true when the
+// value did not fit. It does not allocate when d's coefficient has at most
+// 18 digits.
+func FloorScaled(d decimal.Decimal, scale int32) (v int64, exact, clamped bool) {
+	if d.NumDigits() > 18 {
+		return floorScaledSlow(d, scale)
+	}
+	c := d.CoefficientInt64()
+	e := int64(d.Exponent()) + int64(scale)
+	switch {
+	case c == 0:
+		return 0, true, false
+	case e >= 0:
+		if e > 18 {
+			return clampSign(c)
+		}
+		p := pow10[e]
+		if c > math.MaxInt64/p || c < math.MinInt64/p {
+			return clampSign(c)
+		}
+		return c * p, true, false
+	case -e > 18:
+		// 0 < |c| < 10¹⁸ ≤ 10^-e: the result is 0 or -1.
+		if c > 0 {
+			return 0, false, false
+		}
+		return -1, false, false
+	default:
+		p := pow10[-e]
+		q, r := c/p, c%p
+		if r < 0 {
+			q--
+		}
+		return q, r == 0, false
+	}
+}
+
+func clampSign(sign int64) (int64, bool, bool) {
+	if sign < 0 {
+		return math.MinInt64, false, true
+	}
+	return math.MaxInt64, false, true
+}
+
+func floorScaledSlow(d decimal.Decimal, scale int32) (int64, bool, bool) {
+	s := d.Shift(scale)
+	f := s.Floor()
+	if f.GreaterThan(decimal.NewFromInt(math.MaxInt64)) || f.LessThan(decimal.NewFromInt(math.MinInt64)) {
+		return clampSign(int64(f.Sign()))
+	}
+	return f.IntPart(), f.Equal(s), false
+}

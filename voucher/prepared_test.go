@@ -1,0 +1,128 @@
+package voucher
+
+import (
+	"fmt"
+	"math/rand"
+	"testing"
+	"time"
+
+	"computebroker/market"
+
+	"github.com/shopspring/decimal"
+)
+
+// TestPreparedChooseEqualsChoose: the integer form gives the decimal form's
+// choice and discount on random grants, offers and references.
+func TestPreparedChooseEqualsChoose(t *testing.T) {
+	rng := rand.New(rand.NewSource(1))
+	pick := func(xs ...string) string { return xs[rng.Intn(len(xs))] }
+	amount := func() decimal.Decimal {
+		switch rng.Intn(5) {
+		case 0:
+			return decimal.Zero
+		case 1:
+			return decimal.New(int64(rng.Intn(3000)), -3)
+		default:
+			return decimal.New(int64(rng.Intn(10_000_000)), -2)
+		}
+	}
+	var p Prepared
+	chosen := 0
+	for n := 0; n < 20000; n++ {
+		class := market.ResourceClass{ID: pick("gpu.h100-80g", "gpu.910b-64g"), Domestic: rng.Intn(2) == 0}
+		s := sme()
+		s.Startup = rng.Intn(3) == 0
+		if rng.Intn(5) == 0 {
+			s.RelatedPartyKeys = append(s.RelatedPartyKeys, "tax:P1")
+		}
+		prov := provider()
+		if rng.Intn(3) == 0 {
+			prov.ID = "prov2"
+		}
+		o := offer()
+		o.ProviderID, o.ResourceClass, o.Region = prov.ID, class.ID, pick("cn-east", "cn-west")
+		o.Price = decimal.New(int64(1+rng.Intn(400000)), -4)
+		o.ListPrice = []decimal.Decimal{decimal.Zero, o.Price, o.Price.Mul(d("0.8")).Round(4), o.Price.Mul(d("0.8")).Round(4).Add(d("0.0001"))}[rng.Intn(4)]
+		var grants []Grant
+		for i, k := 0, rng.Intn(5); i < k; i++ {
+			g := grant()
+			g.Voucher.ID = fmt.Sprintf("v%d", rng.Intn(4))
+			g.Voucher.ExpiresAt = t0.Add(time.Duration(rng.Intn(3)-1) * time.Hour)
+			g.Program.Rate = d(pick("0.1", "0.2", "0.3", "0.3333", "0.6"))
+			g.Program.DomesticRate = d(pick("0", "0.45"))
+			g.Program.StartupRate = d(pick("0", "0.5"))
+			g.Program.PerOrderCap = d(pick("0", "100", "0.05"))
+			if rng.Intn(3) == 0 {
+				g.Program.Regions = []string{pick("cn-east", "cn-west")}
+			}
+			if rng.Intn(3) == 0 {
+				g.Program.Providers = []string{pick("prov1", "prov2")}
+			}
+			if rng.Intn(4) == 0 {
+				g.Program.ResourceClasses = []string{pick("gpu.h100-80g", "gpu.910b-64g")}
+			}
+			g.Available, g.CapLeft, g.BudgetLeft = amount(), amount(), amount()
+			grants = append(grants, g)
+		}
+		var ref decimal.Decimal
+		var refFn func(market.Offer) decimal.Decimal
+		if rng.Intn(2) == 0 {
+			ref = o.Price.Div(d(pick("1.25", "1.2", "1.3", "3"))).Truncate(int32(rng.Intn(12)))
+			refFn = func(market.Offer) decimal.Decimal { return ref }
+		}
+		rules := DefaultRules()
+		if rng.Intn(4) == 0 {
+			rules.GuardRatio = d(pick("1.2", "1.2345678901234567890123", "2"))
+		}
+		units, hours := int64(1+rng.Intn(64)), int64(1+rng.Intn(200))
+		gross := market.Gross(o.Price, units, hours)
+		want, ok := rules.Choose(t0, s, prov, o, class, ref, gross, grants)
+		if !rules.Prepare(&p, t0, s, class, grants) {
+			t.Fatal("Prepare refused representable grants")
+		}
+		ticks, _ := market.PriceTicks(o.Price)
+		list, exact := market.PriceTicks(o.ListPrice)
+		if !exact || rng.Intn(2) == 0 {
+			list = -1
+		}
+		tg := Target{Provider: &prov, Offer: &o, Region: o.Region, PriceTicks: ticks, ListTicks: list, Ref: refFn}
+		idx, disc := p.Choose(&tg, gross.Shift(2).IntPart())
+		if (idx >= 0) != ok {
+			t.Fatalf("case %d: prepared %d, decimal %v %+v", n, idx, ok, want)
+		}
+		if ok {
+			chosen++
+			if grants[idx].Voucher.ID != want.VoucherID || !decimal.New(disc, -2).Equal(want.Discount) {
+				t.Fatalf("case %d: prepared %s %d, decimal %+v", n, grants[idx].Voucher.ID, disc, want)
+			}
+		}
+	}
+	if chosen < 1000 {
+		t.Fatalf("only %d choices", chosen)
+	}
+}
+
+func TestFloorScaled(t *testing.T) {
+	tests := []struct {
+		in             string
+		scale          int32
+		want           int64
+		exact, clamped bool
+	}{
+		{"21.5", 4, 215000, true, false},
+		{"0.00001", 4, 0, false, false},
+		{"-0.00001", 4, -1, false, false},
+		{"123.456", 2, 12345, false, false},
+		{"-123.456", 2, -12346, false, false},
+		{"1e30", 2, 1<<63 - 1, false, true},
+		{"123456789012345678901234567890.5", 0, 1<<63 - 1, false, true},
+		{"1.00000000000000000000001", 2, 100, false, false},
+		{"0", 4, 0, true, false},
+	}
+	for _, tt := range tests {
+		v, exact, clamped := FloorScaled(d(tt.in), tt.scale)
+		if v != tt.want || exact != tt.exact || clamped != tt.clamped {
+			t.Errorf("FloorScaled(%s, %d) = %d %v %v", tt.in, tt.scale, v, exact, clamped)
+		}
+	}
+}
