@@ -104,11 +104,11 @@ func (s *HistorySource) Read(ctx context.Context, max int) ([]StreamEntry, error
 	if max <= 0 || len(s.streams) == 0 {
 		return nil, nil
 	}
-	if err := s.ensureGroups(ctx); err != nil {
-		return nil, err
-	}
 	var out []StreamEntry
 	var errs []error
+	if err := s.ensureGroups(ctx); err != nil {
+		errs = append(errs, err) // read the streams that have their group
+	}
 	if !time.Now().Before(s.reclaim) {
 		claimed, err := s.reclaimIdle(ctx, max)
 		out = append(out, claimed...)
