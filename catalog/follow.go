@@ -2,6 +2,7 @@ package catalog
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -22,6 +23,18 @@ type Change struct {
 	Offer    market.Offer
 }
 
+// lastID is the id of a stream's newest entry, "0-0" when it is empty.
+func (s *Store) lastID(ctx context.Context, key string) (string, error) {
+	last, err := s.rdb.XRevRangeN(ctx, key, "+", "-", 1).Result()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return "", unavailable("read stream", err)
+	}
+	if len(last) == 1 {
+		return last[0].ID, nil
+	}
+	return "0-0", nil
+}
+
 // MarketState is a market's listed offers and the change-stream position
 // they reflect: following the stream from Position after applying Offers
 // misses nothing (changes already reflected come again and carry versions
@@ -35,14 +48,11 @@ type MarketState struct {
 // LoadMarket reads a market's listed active offers and the position to
 // follow its change stream from.
 func (s *Store) LoadMarket(ctx context.Context, m market.MarketKey) (MarketState, error) {
-	st := MarketState{Market: m, Position: "0-0"}
+	st := MarketState{Market: m}
 	// The position first: anything that changes after it is replayed.
-	last, err := s.rdb.XRevRangeN(ctx, ChangeStreamKey(m), "+", "-", 1).Result()
-	if err != nil && !errors.Is(err, redis.Nil) {
-		return st, unavailable("load market", err)
-	}
-	if len(last) == 1 {
-		st.Position = last[0].ID
+	var err error
+	if st.Position, err = s.lastID(ctx, ChangeStreamKey(m)); err != nil {
+		return st, err
 	}
 	offers, _, err := s.ListOffers(ctx, OfferFilter{Markets: []market.MarketKey{m}})
 	if err != nil {
@@ -53,7 +63,7 @@ func (s *Store) LoadMarket(ctx context.Context, m market.MarketKey) (MarketState
 }
 
 // Follow reads the change streams of the markets from the positions given
-// (missing positions start at the newest entry) and calls apply with each
+// (missing positions start after the newest entry) and calls apply with each
 // batch of changes, in stream order per market, until ctx ends. It blocks in
 // Redis for at most block between batches. A failing read is retried with
 // backoff; Follow returns only ctx's error.
@@ -69,7 +79,11 @@ func (s *Store) Follow(ctx context.Context, positions map[market.MarketKey]strin
 		byKey[k] = m
 		pos[k] = positions[m]
 		if pos[k] == "" {
-			pos[k] = "$"
+			last, err := s.lastID(ctx, k)
+			if err != nil {
+				return err
+			}
+			pos[k] = last
 		}
 	}
 	backoff := 100 * time.Millisecond
@@ -148,4 +162,68 @@ func (c Change) String() string {
 		return fmt.Sprintf("remove %s v%d", c.Offer.ID, c.Offer.Version)
 	}
 	return fmt.Sprintf("upsert %s v%d %s free %d", c.Offer.ID, c.Offer.Version, c.Offer.Price, c.Offer.UnitsFree)
+}
+
+// FollowTrades reads the trade streams of the markets from their newest
+// entries on and calls apply with each batch of committed trades, until ctx
+// ends. Unlike the history's consumer group, every caller sees every trade:
+// it feeds live views (the market stream, the provider's lease push).
+func (s *Store) FollowTrades(ctx context.Context, markets []market.MarketKey, block time.Duration, apply func([]market.Trade)) error {
+	pos := make([]string, 0, 2*len(markets))
+	for _, m := range markets {
+		pos = append(pos, TradeStreamKey(m))
+	}
+	// Resolve "the newest entry" once: re-sending "$" on every read would
+	// lose what is appended between two reads.
+	for _, m := range markets {
+		last, err := s.lastID(ctx, TradeStreamKey(m))
+		if err != nil {
+			return err
+		}
+		pos = append(pos, last)
+	}
+	n := len(markets)
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		res, err := s.rdb.XRead(ctx, &redis.XReadArgs{Streams: pos, Count: 1000, Block: block}).Result()
+		if errors.Is(err, redis.Nil) {
+			continue
+		}
+		if err != nil {
+			select {
+			case <-ctx.Done():
+			case <-time.After(backoff):
+			}
+			if backoff < 2*time.Second {
+				backoff *= 2
+			}
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		var batch []market.Trade
+		for _, st := range res {
+			for i := 0; i < n; i++ {
+				if pos[i] == st.Stream {
+					if len(st.Messages) > 0 {
+						pos[n+i] = st.Messages[len(st.Messages)-1].ID
+					}
+					break
+				}
+			}
+			for _, msg := range st.Messages {
+				if k, _ := msg.Values["k"].(string); k != StreamKindTrade {
+					continue
+				}
+				v, _ := msg.Values["v"].(string)
+				var t market.Trade
+				if json.Unmarshal([]byte(v), &t) == nil && t.ID != "" {
+					batch = append(batch, t)
+				}
+			}
+		}
+		if len(batch) > 0 {
+			apply(batch)
+		}
+	}
+	return ctx.Err()
 }

@@ -378,3 +378,20 @@ func (e *Engine) applyEvent(o *owner, ev Event, changed []slot) []slot {
 	}
 	return changed
 }
+
+// SyncMarket waits until every event of market m queued before it has been
+// applied and published: a writer's read-your-writes for one market.
+func (e *Engine) SyncMarket(ctx context.Context, m market.MarketKey) error {
+	ch := make(chan struct{})
+	if err := e.send(ctx, m, ownerMsg{barrier: ch}); err != nil {
+		return err
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-e.done:
+		return ErrClosed
+	}
+}

@@ -1,0 +1,69 @@
+package broker
+
+import (
+	"context"
+	"time"
+)
+
+// Reconcile settles the holds that checkouts started before before and never
+// finished (their broker died between the steps of the saga): a hold whose
+// order committed at the market is captured and the order recorded; a hold
+// whose order never committed is released and its idempotency key freed.
+// It is idempotent and safe to run from every brokerd at once.
+func (s *Service) Reconcile(ctx context.Context, before time.Time) (completed, released int, err error) {
+	holds, err := s.ledger.StaleHolds(ctx, before, 500)
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, h := range holds {
+		lease, err := s.offers.OrderLease(ctx, h.Market, h.OrderID)
+		if err != nil {
+			return completed, released, err
+		}
+		d, ok, err := s.ledger.Draft(ctx, h.SMEID, h.OrderID)
+		if err != nil {
+			return completed, released, err
+		}
+		if lease != "" && ok && d.Order.LeaseID == lease {
+			if err := s.ledger.Complete(ctx, d.Order, d.Key, d.Hold); err != nil {
+				return completed, released, err
+			}
+			completed++
+			s.log.Warn("reconciled a committed checkout", "order", h.OrderID, "sme", h.SMEID)
+			continue
+		}
+		if lease != "" {
+			// Committed by an attempt whose draft was replaced: keep the
+			// hold for a retry of the same key to finish.
+			continue
+		}
+		if err := s.ledger.ReleaseDiscount(ctx, h); err != nil {
+			return completed, released, err
+		}
+		if ok {
+			if err := s.ledger.ForgetKey(ctx, h.SMEID, d.Key); err != nil {
+				return completed, released, err
+			}
+		}
+		released++
+		s.log.Warn("released the hold of an unfinished checkout", "order", h.OrderID, "sme", h.SMEID)
+	}
+	return completed, released, nil
+}
+
+// RunReconciler calls Reconcile every interval for holds older than age,
+// until ctx ends.
+func (s *Service) RunReconciler(ctx context.Context, interval, age time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, _, err := s.Reconcile(ctx, s.now().Add(-age)); err != nil && ctx.Err() == nil {
+				s.log.Warn("reconcile", "err", err)
+			}
+		}
+	}
+}

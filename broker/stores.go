@@ -1,0 +1,66 @@
+package broker
+
+import (
+	"context"
+	"time"
+
+	"computebroker/catalog"
+	"computebroker/history"
+	"computebroker/ledger"
+	"computebroker/market"
+)
+
+// OfferStore keeps accounts and offers and runs the market-slot step of the
+// checkout.
+type OfferStore interface {
+	Ping(ctx context.Context) error
+	CreateAccount(ctx context.Context, a market.Account, tokenHash string) error
+	Account(ctx context.Context, id string) (market.Account, error)
+	AccountByToken(ctx context.Context, tokenHash string) (market.Account, error)
+	Accounts(ctx context.Context, role market.Role) ([]market.Account, error)
+	RotateToken(ctx context.Context, id, newHash string) error
+	Revoke(ctx context.Context, id string, now time.Time) error
+	SetProviderStatus(ctx context.Context, id string, status market.ProviderStatus, now time.Time) (market.Account, error)
+	CreateOffer(ctx context.Context, n catalog.NewOffer) (market.Offer, error)
+	UpdateOffer(ctx context.Context, u catalog.OfferUpdate) (market.Offer, error)
+	DeleteOffer(ctx context.Context, id, providerID string, now time.Time) error
+	Offer(ctx context.Context, id string) (market.Offer, error)
+	ListOffers(ctx context.Context, f catalog.OfferFilter) ([]market.Offer, string, error)
+	Reserve(ctx context.Context, r catalog.Reservation) (catalog.Reserved, error)
+	OrderLease(ctx context.Context, m market.MarketKey, orderID string) (string, error)
+	Leases(ctx context.Context, providerID string, limit int64) ([]market.Lease, error)
+}
+
+// Ledger keeps programmes, vouchers, holds and orders.
+type Ledger interface {
+	CreateProgram(ctx context.Context, p market.Program) error
+	Program(ctx context.Context, id string) (market.Program, error)
+	IssueVoucher(ctx context.Context, v market.Voucher) error
+	Vouchers(ctx context.Context, smeID string) ([]ledger.VoucherState, error)
+	AllVouchers(ctx context.Context) ([]ledger.VoucherState, error)
+	Funds(ctx context.Context, smeID string, now time.Time) ([]ledger.Funds, error)
+	BeginOrder(ctx context.Context, smeID, key, fingerprint, orderID string, now time.Time) (ledger.Begin, error)
+	SaveDraft(ctx context.Context, d ledger.Draft) error
+	Draft(ctx context.Context, smeID, orderID string) (ledger.Draft, bool, error)
+	FailOrder(ctx context.Context, smeID, key, result string) error
+	ForgetKey(ctx context.Context, smeID, key string) error
+	HoldDiscount(ctx context.Context, h ledger.Hold) error
+	ReleaseDiscount(ctx context.Context, h ledger.Hold) error
+	Complete(ctx context.Context, o market.Order, key string, h *ledger.Hold) error
+	StaleHolds(ctx context.Context, before time.Time, max int64) ([]ledger.Hold, error)
+	Order(ctx context.Context, id string) (market.Order, error)
+	SMEOrder(ctx context.Context, smeID, id string) (market.Order, error)
+	Orders(ctx context.Context, smeID string, limit int64) ([]market.Order, error)
+}
+
+// History answers the regulator's questions from the trade history.
+type History interface {
+	Ping(ctx context.Context) error
+	Trades(ctx context.Context, f history.TradeFilter) ([]market.Trade, string, error)
+}
+
+var (
+	_ OfferStore = (*catalog.Store)(nil)
+	_ Ledger     = (*ledger.Store)(nil)
+	_ History    = (*history.Store)(nil)
+)
