@@ -1,11 +1,14 @@
 package broker_test
 
 import (
+	"context"
 	"fmt"
 	"net/url"
 	"strings"
 	"testing"
 	"time"
+
+	"computebroker/history"
 )
 
 func programBody(name, rate string, providers []string) map[string]any {
@@ -297,5 +300,48 @@ func TestOfferPagination(t *testing.T) {
 	}
 	if r := e.call("GET", "/api/v1/offers?cursor=garbage", "", nil); r.Status != 400 {
 		t.Fatalf("bad cursor: %d", r.Status)
+	}
+}
+
+// TestPriceTicksReachHistory: every accepted price of a listed offer (the
+// first listing and each change) becomes a price tick in ClickHouse.
+func TestPriceTicksReachHistory(t *testing.T) {
+	e := newEnv(t)
+	reg := e.account("regulator", "R", nil)
+	p := e.account("provider", "P", nil)
+	e.must(200, "POST", "/api/v1/providers/"+p.id+"/approve", reg.token, nil)
+	id := e.must(201, "POST", "/api/v1/offers", p.token, offerBody("gpu.h20-96g", "cn-north", 16, "16.00")).str("id")
+	e.must(200, "PATCH", "/api/v1/offers/"+id, p.token, map[string]any{"price": "15.5000"})
+	e.must(200, "PATCH", "/api/v1/offers/"+id, p.token, map[string]any{"units": 20}) // not a price change
+	e.must(200, "PATCH", "/api/v1/offers/"+id, p.token, map[string]any{"price": "15.25"})
+
+	h, err := history.Open(context.Background(), e.ch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		ticks, err := h.OfferTicks(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ticks) == 3 {
+			want := []struct {
+				price   string
+				version int64
+				free    int64
+			}{{"16", 1, 16}, {"15.5", 2, 16}, {"15.25", 4, 20}}
+			for i, w := range want {
+				if ticks[i].Price.String() != w.price || ticks[i].Version != w.version || ticks[i].UnitsFree != w.free || ticks[i].ProviderID != p.id || ticks[i].Region != "cn-north" {
+					t.Errorf("tick %d = %+v, want price %s version %d free %d", i, ticks[i], w.price, w.version, w.free)
+				}
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("history holds %d ticks of %s, want 3: %+v", len(ticks), id, ticks)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }

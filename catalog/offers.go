@@ -41,6 +41,8 @@ if ARGV[11] == '1' then
   redis.call('ZADD', KEYS[2], 0, ARGV[10])
   local h = redis.call('HGETALL', KEYS[1])
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[12], '*', 't', 'upsert', unpack(h))
+  redis.call('XADD', KEYS[4], '*', 'k', 'tick', 'v', cjson.encode({offer_id = ARGV[1], provider_id = ARGV[2],
+    resource_class = ARGV[3], region = ARGV[4], price = ARGV[6], units_free = tonumber(ARGV[5]), version = 1, ts = ARGV[13]}))
 end
 return redis.call('HGETALL', KEYS[1])
 `)
@@ -72,6 +74,11 @@ redis.call('HSET', KEYS[1], 'updated_at', ARGV[5])
 if o[6] == '1' then
   local h = redis.call('HGETALL', KEYS[1])
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 't', 'upsert', unpack(h))
+  if ARGV[2] ~= '' then
+    local c = redis.call('HMGET', KEYS[1], 'class', 'region')
+    redis.call('XADD', KEYS[4], '*', 'k', 'tick', 'v', cjson.encode({offer_id = o[8], provider_id = o[1],
+      resource_class = c[1], region = c[2], price = price, units_free = free, version = v, ts = ARGV[7]}))
+  end
 end
 return redis.call('HGETALL', KEYS[1])
 `)
@@ -147,9 +154,9 @@ func (s *Store) CreateOffer(ctx context.Context, n NewOffer) (market.Offer, erro
 		listed = "1"
 	}
 	m := n.Market
-	vals, err := createScript.Run(ctx, s.rdb, []string{OfferKey(m, n.ID), IndexKey(m), ChangeStreamKey(m)},
+	vals, err := createScript.Run(ctx, s.rdb, []string{OfferKey(m, n.ID), IndexKey(m), ChangeStreamKey(m), TradeStreamKey(m)},
 		n.ID, n.ProviderID, m.Class, m.Region, n.Units, n.Price.String(), n.MaxHours, string(specs),
-		ms(n.Now), indexMember(ticks, n.ID), listed, changeStreamMaxLen).StringSlice()
+		ms(n.Now), indexMember(ticks, n.ID), listed, changeStreamMaxLen, rfc3339(n.Now)).StringSlice()
 	if err != nil {
 		if scriptError(err) == "exists" {
 			return market.Offer{}, market.Errorf(market.CodeConflict, "offer %s exists", n.ID)
@@ -187,8 +194,8 @@ func (s *Store) UpdateOffer(ctx context.Context, u OfferUpdate) (market.Offer, e
 	if u.Units != nil {
 		units = strconv.FormatInt(*u.Units, 10)
 	}
-	vals, err := updateScript.Run(ctx, s.rdb, []string{OfferKey(m, u.ID), IndexKey(m), ChangeStreamKey(m)},
-		u.ProviderID, price, member, units, ms(u.Now), changeStreamMaxLen).StringSlice()
+	vals, err := updateScript.Run(ctx, s.rdb, []string{OfferKey(m, u.ID), IndexKey(m), ChangeStreamKey(m), TradeStreamKey(m)},
+		u.ProviderID, price, member, units, ms(u.Now), changeStreamMaxLen, rfc3339(u.Now)).StringSlice()
 	if err != nil {
 		return market.Offer{}, offerScriptError(u.ID, "update offer", err)
 	}

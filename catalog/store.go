@@ -36,6 +36,8 @@ func unavailable(op string, err error) error {
 
 func ms(t time.Time) int64 { return t.UnixMilli() }
 
+func rfc3339(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+
 func fromMS(s string) time.Time {
 	n, _ := strconv.ParseInt(s, 10, 64)
 	if n == 0 {

@@ -158,3 +158,25 @@ func decodeCursor(c string) (ts int64, id string, err error) {
 func clampUnix(t time.Time) int64 {
 	return min(max(t.Unix(), 0), maxTS.Unix())
 }
+
+// OfferTicks returns the price ticks stored for an offer, oldest version
+// first, each version once.
+func (s *Store) OfferTicks(ctx context.Context, offerID string) ([]market.Tick, error) {
+	rows, err := s.conn.Query(ctx, "SELECT offer_id, provider_id, resource_class, region, price, units_free, version, toUInt32(ts) FROM "+
+		s.table("price_ticks")+" FINAL WHERE offer_id = ? ORDER BY version", offerID)
+	if err != nil {
+		return nil, unavailable("query ticks", err)
+	}
+	defer rows.Close()
+	var out []market.Tick
+	for rows.Next() {
+		var t market.Tick
+		var ts uint32
+		if err := rows.Scan(&t.OfferID, &t.ProviderID, &t.ResourceClass, &t.Region, &t.Price, &t.UnitsFree, &t.Version, &ts); err != nil {
+			return nil, unavailable("scan ticks", err)
+		}
+		t.TS = time.Unix(int64(ts), 0).UTC()
+		out = append(out, t)
+	}
+	return out, rows.Err()
+}
