@@ -1,0 +1,27 @@
+# Convenience targets; the scripts are the real interface (see README).
+.PHONY: demo demo-stop test bench build services-start services-stop services-status
+
+demo:
+	scripts/demo start
+
+demo-stop:
+	scripts/demo stop
+
+test:
+	scripts/test
+
+# Benchmarks with allocation counts, against the real services.
+bench:
+	scripts/test -run '^$$' -bench . -benchmem ./...
+
+build:
+	go build ./...
+
+services-start:
+	scripts/services start
+
+services-stop:
+	scripts/services stop
+
+services-status:
+	scripts/services status
