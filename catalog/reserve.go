@@ -79,18 +79,26 @@ func (s *Store) Reserve(ctx context.Context, r Reservation) (Reserved, error) {
 	if err != nil {
 		return Reserved{}, unavailable("reserve", err)
 	}
+	var out Reserved
 	switch res[0] {
 	case "dup":
-		return Reserved{LeaseID: res[1], Duplicate: true}, nil
+		out = Reserved{LeaseID: res[1], Duplicate: true}
 	case "reject":
 		return Reserved{}, &market.Error{Code: market.CodeConflict, Message: res[1]}
+	default:
+		out = Reserved{LeaseID: res[1]}
+		fmt.Sscan(res[2], &out.UnitsFree)
+		fmt.Sscan(res[3], &out.Version)
 	}
-	out := Reserved{LeaseID: res[1]}
-	fmt.Sscan(res[2], &out.UnitsFree)
-	fmt.Sscan(res[3], &out.Version)
-	// The provider's lease list is an index the trade stream can rebuild;
-	// it is written after the commit point.
-	_ = s.rdb.ZAdd(ctx, "provider:"+r.Lease.ProviderID+":leases", redis.Z{Score: float64(ms(r.Now)), Member: m.String() + "|" + r.Lease.ID}).Err()
+	// The lease indexes (the provider's list, the location) can be rebuilt
+	// from the trade stream; they are written after the commit point, again
+	// by a retry in case the first attempt died before.
+	pipe := s.rdb.Pipeline()
+	pipe.ZAdd(ctx, "provider:"+r.Lease.ProviderID+":leases", redis.Z{Score: float64(ms(r.Now)), Member: m.String() + "|" + out.LeaseID})
+	pipe.HSet(ctx, leaseLocKey, out.LeaseID, m.String())
+	if _, err := pipe.Exec(ctx); err != nil {
+		return out, unavailable("index lease", err)
+	}
 	return out, nil
 }
 

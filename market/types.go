@@ -242,8 +242,10 @@ type Order struct {
 	Net           decimal.Decimal `json:"net"`
 	VoucherID     string          `json:"voucher_id,omitempty"`
 	ProgramID     string          `json:"program_id,omitempty"`
-	CreatedAt     time.Time       `json:"created_at"`
-	UpdatedAt     time.Time       `json:"updated_at"`
+	// IdempotencyKey is the key the order was placed with.
+	IdempotencyKey string    `json:"idempotency_key,omitempty"`
+	CreatedAt      time.Time `json:"created_at"`
+	UpdatedAt      time.Time `json:"updated_at"`
 }
 
 // LeaseStatus is where a lease stands.
