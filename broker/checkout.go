@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"time"
 
@@ -29,6 +30,9 @@ type JobRequest struct {
 	ExpiresAt      time.Time
 	AllowSplit     bool
 }
+
+// maxRest is how long a gtc job may rest.
+const maxRest = 90 * 24 * time.Hour
 
 // planDepth is how many ranked offers a plan keeps: the best and four
 // alternatives for a quote, the candidates a checkout tries in turn.
@@ -83,12 +87,19 @@ func (s *Service) validJob(r JobRequest) (market.Job, error) {
 			return j, market.Invalid("expires_at applies to gtc jobs only")
 		}
 	case string(market.GTC):
-		return j, market.Invalid("time_in_force gtc is not supported yet; use ioc")
+		j.TimeInForce = market.GTC
+		now := s.now()
+		switch {
+		case r.ExpiresAt.IsZero():
+			return j, market.Invalid("a gtc job needs expires_at (RFC 3339)")
+		case !r.ExpiresAt.After(now):
+			return j, market.Invalid("expires_at must be in the future")
+		case r.ExpiresAt.After(now.Add(maxRest)):
+			return j, market.Invalid("expires_at must be within %d days", int(maxRest.Hours()/24))
+		}
+		j.ExpiresAt = r.ExpiresAt.UTC()
 	default:
 		return j, market.Invalid("time_in_force must be ioc or gtc")
-	}
-	if j.AllowSplit {
-		return j, market.Invalid("allow_split is not supported yet")
 	}
 	return j, nil
 }
@@ -199,9 +210,18 @@ func (s *Service) PlaceOrder(ctx context.Context, caller market.Account, key str
 		o, err := s.replay(ctx, caller, key, fp, b)
 		return o, false, err
 	}
-	o, err = s.checkout(ctx, caller, key, b.OrderID, job)
+	o, err = s.checkout(ctx, caller, key, b.OrderID, job, now)
 	switch {
 	case err == nil:
+		return o, true, nil
+	case market.IsCode(err, market.CodeNoMatch) && job.TimeInForce == market.GTC:
+		o, err = s.rest(ctx, caller, key, b.OrderID, job, now)
+		if err != nil {
+			if ferr := s.ledger.ForgetKey(context.WithoutCancel(ctx), caller.ID, key); ferr != nil {
+				s.log.Warn("forget idempotency key", "order", b.OrderID, "err", ferr)
+			}
+			return o, false, err
+		}
 		return o, true, nil
 	case market.IsCode(err, market.CodeNoMatch):
 		if ferr := s.ledger.FailOrder(ctx, caller.ID, key, encodeError(err)); ferr != nil {
@@ -277,7 +297,10 @@ func (s *Service) resume(ctx context.Context, smeID, orderID string) (market.Ord
 // checkout tries the best candidates in turn: hold the voucher discount,
 // reserve at the market (the commit point), then capture and record. A
 // candidate that moved is released and the market is planned again.
-func (s *Service) checkout(ctx context.Context, sme market.Account, key, orderID string, job market.Job) (market.Order, error) {
+func (s *Service) checkout(ctx context.Context, sme market.Account, key, orderID string, job market.Job, created time.Time) (market.Order, error) {
+	if job.AllowSplit {
+		return s.checkoutSplit(ctx, sme, key, orderID, job, created)
+	}
 	attempts := 0
 	var last matching.Result
 	for attempts < s.cfg.CheckoutAttempts {
@@ -294,7 +317,7 @@ func (s *Service) checkout(ctx context.Context, sme market.Account, key, orderID
 				break
 			}
 			attempts++
-			o, err := s.try(ctx, sme, key, orderID, job, m, grants)
+			o, err := s.try(ctx, sme, key, orderID, job, singleFill(m, job.Units), grants, created)
 			if err == nil {
 				return o, nil
 			}
@@ -317,6 +340,30 @@ func (s *Service) checkout(ctx context.Context, sme market.Account, key, orderID
 	return market.Order{}, market.Errorf(market.CodeConflict, "the market moved during checkout; try again")
 }
 
+// checkoutSplit fills an allow_split job from the cheapest set of up to
+// four offers of one region, all or nothing.
+func (s *Service) checkoutSplit(ctx context.Context, sme market.Account, key, orderID string, job market.Job, created time.Time) (market.Order, error) {
+	if s.live == nil {
+		return market.Order{}, market.Errorf(market.CodeUnavailable, "split fills need the live books")
+	}
+	for attempt := 0; attempt < s.cfg.CheckoutAttempts; attempt++ {
+		req, err := s.request(ctx, sme, job)
+		if err != nil {
+			return market.Order{}, err
+		}
+		sp, res := s.live.Engine().MatchSplit(req)
+		if sp == nil || len(sp.Parts) == 0 {
+			return market.Order{}, noMatch(res)
+		}
+		o, err := s.try(ctx, sme, key, orderID, job, splitFill(sp), req.Grants, created)
+		if err == nil || !market.IsCode(err, market.CodeConflict) {
+			return o, err
+		}
+		s.log.Debug("split checkout moved", "order", orderID, "reason", err.Error())
+	}
+	return market.Order{}, market.Errorf(market.CodeConflict, "the market moved during checkout; try again")
+}
+
 func isHoldConflict(err error) bool {
 	var e *market.Error
 	if !errors.As(err, &e) {
@@ -329,27 +376,61 @@ func isHoldConflict(err error) bool {
 	return false
 }
 
-// try runs the saga for one candidate.
-func (s *Service) try(ctx context.Context, sme market.Account, key, orderID string, job market.Job, m matching.Match, grants []voucher.Grant) (market.Order, error) {
+// fill is what a checkout attempt buys: one offer, or the parts of a split
+// in one market, with the amounts and the voucher of the whole order.
+type fill struct {
+	parts                []matching.Part
+	gross, discount, net decimal.Decimal
+	voucherID, programID string
+}
+
+func singleFill(m matching.Match, units int64) fill {
+	return fill{
+		parts: []matching.Part{{Offer: m.Offer, Provider: m.Provider, Units: units, UnitPrice: m.UnitPrice,
+			Gross: m.Gross, Discount: m.Discount, Net: m.Net}},
+		gross: m.Gross, discount: m.Discount, net: m.Net, voucherID: m.VoucherID, programID: m.ProgramID,
+	}
+}
+
+func splitFill(sp *matching.Split) fill {
+	return fill{parts: sp.Parts, gross: sp.Gross, discount: sp.Discount, net: sp.Net, voucherID: sp.VoucherID, programID: sp.ProgramID}
+}
+
+// try runs the saga for one candidate fill.
+func (s *Service) try(ctx context.Context, sme market.Account, key, orderID string, job market.Job, f fill, grants []voucher.Grant, created time.Time) (market.Order, error) {
 	now := s.now()
-	mk := m.Offer.Market()
+	first := f.parts[0]
+	mk := first.Offer.Market()
 	o := market.Order{
 		ID: orderID, SMEID: sme.ID, Status: market.OrderFilled, Job: job,
-		OfferID: m.Offer.ID, ProviderID: m.Offer.ProviderID, LeaseID: s.cfg.NewID("lse"),
-		ResourceClass: mk.Class, Region: mk.Region, UnitPrice: m.UnitPrice, Units: job.Units, Hours: job.Hours,
-		Gross: m.Gross, Discount: m.Discount, Net: m.Net, VoucherID: m.VoucherID, ProgramID: m.ProgramID,
-		CreatedAt: now, UpdatedAt: now,
+		OfferID: first.Offer.ID, ProviderID: first.Offer.ProviderID, LeaseID: s.cfg.NewID("lse"),
+		ResourceClass: mk.Class, Region: mk.Region, UnitPrice: first.UnitPrice, Units: job.Units, Hours: job.Hours,
+		Gross: f.gross, Discount: f.discount, Net: f.net, VoucherID: f.voucherID, ProgramID: f.programID,
+		IdempotencyKey: key, CreatedAt: created, UpdatedAt: now,
+	}
+	if len(f.parts) > 1 {
+		weighted := decimal.Zero
+		for i, p := range f.parts {
+			lease := o.LeaseID
+			if i > 0 {
+				lease = s.cfg.NewID("lse")
+			}
+			o.Parts = append(o.Parts, market.OrderPart{OfferID: p.Offer.ID, ProviderID: p.Offer.ProviderID, LeaseID: lease,
+				Units: p.Units, UnitPrice: p.UnitPrice, Gross: p.Gross, Discount: p.Discount, Net: p.Net})
+			weighted = weighted.Add(p.UnitPrice.Mul(decimal.NewFromInt(p.Units)))
+		}
+		o.UnitPrice = weighted.Div(decimal.NewFromInt(job.Units)).Round(market.PriceScale)
 	}
 	var hold *ledger.Hold
-	if m.Discount.IsPositive() {
+	if f.discount.IsPositive() {
 		// The programme is in the grant; its annual cap bounds the hold.
 		cap := decimal.Zero
 		for _, g := range grants {
-			if g.Voucher.ID == m.VoucherID {
+			if g.Voucher.ID == f.voucherID {
 				cap = g.Program.AnnualCapPerCompany
 			}
 		}
-		hold = &ledger.Hold{OrderID: orderID, SMEID: sme.ID, VoucherID: m.VoucherID, ProgramID: m.ProgramID, Amount: m.Discount, AnnualCap: cap, Market: mk, Now: now}
+		hold = &ledger.Hold{OrderID: orderID, SMEID: sme.ID, VoucherID: f.voucherID, ProgramID: f.programID, Amount: f.discount, AnnualCap: cap, Market: mk, Now: now}
 		if err := s.ledger.HoldDiscount(ctx, *hold); err != nil {
 			return market.Order{}, err
 		}
@@ -365,20 +446,39 @@ func (s *Service) try(ctx context.Context, sme market.Account, key, orderID stri
 	if err := s.ledger.SaveDraft(ctx, ledger.Draft{Key: key, Order: o, Hold: hold}); err != nil {
 		return undo(err)
 	}
-	trade := market.Trade{
-		ID: "trd_" + strings.TrimPrefix(orderID, "ord_"), OrderID: orderID, LeaseID: o.LeaseID, OfferID: o.OfferID,
-		ProviderID: o.ProviderID, SMEID: sme.ID, ResourceClass: mk.Class, Region: mk.Region,
-		Units: o.Units, Hours: o.Hours, UnitPrice: o.UnitPrice, Gross: o.Gross, Discount: o.Discount, Net: o.Net,
-		VoucherID: o.VoucherID, ProgramID: o.ProgramID, TS: now,
+	base := strings.TrimPrefix(orderID, "ord_")
+	reservations := make([]catalog.Reservation, len(f.parts))
+	for i, p := range f.parts {
+		leaseID, tradeID, units := o.LeaseID, "trd_"+base, o.Units
+		gross, discount, net := o.Gross, o.Discount, o.Net
+		if len(f.parts) > 1 {
+			leaseID, tradeID, units = o.Parts[i].LeaseID, fmt.Sprintf("trd_%s_%d", base, i+1), p.Units
+			gross, discount, net = p.Gross, p.Discount, p.Net
+		}
+		reservations[i] = catalog.Reservation{
+			Lease: market.Lease{ID: leaseID, OrderID: orderID, OfferID: p.Offer.ID, ProviderID: p.Offer.ProviderID, SMEID: sme.ID,
+				ResourceClass: mk.Class, Region: mk.Region, Units: units, Hours: o.Hours, UnitPrice: p.UnitPrice,
+				Status: market.LeaseReserved, CreatedAt: now},
+			Trade: market.Trade{ID: tradeID, OrderID: orderID, LeaseID: leaseID, OfferID: p.Offer.ID,
+				ProviderID: p.Offer.ProviderID, SMEID: sme.ID, ResourceClass: mk.Class, Region: mk.Region,
+				Units: units, Hours: o.Hours, UnitPrice: p.UnitPrice, Gross: gross, Discount: discount, Net: net,
+				VoucherID: o.VoucherID, ProgramID: o.ProgramID, TS: now},
+			Price: p.UnitPrice, Now: now,
+		}
 	}
-	lease := market.Lease{
-		ID: o.LeaseID, OrderID: orderID, OfferID: o.OfferID, ProviderID: o.ProviderID, SMEID: sme.ID,
-		ResourceClass: mk.Class, Region: mk.Region, Units: o.Units, Hours: o.Hours, UnitPrice: o.UnitPrice,
-		Status: market.LeaseReserved, CreatedAt: now,
+	var res catalog.Reserved
+	var err error
+	if len(reservations) == 1 {
+		res, err = s.offers.Reserve(ctx, reservations[0])
+	} else {
+		res, err = s.offers.ReserveAll(ctx, reservations)
 	}
-	res, err := s.offers.Reserve(ctx, catalog.Reservation{Lease: lease, Trade: trade, Price: m.UnitPrice, Now: now})
-	// Either way the book's view of the offer is stale now.
-	defer s.refreshID(context.WithoutCancel(ctx), m.Offer.ID)
+	// Either way the book's view of the offers is stale now.
+	defer func() {
+		for _, p := range f.parts {
+			s.refreshID(context.WithoutCancel(ctx), p.Offer.ID)
+		}
+	}()
 	if err != nil {
 		return undo(err)
 	}

@@ -144,7 +144,11 @@ func NewApp(svc *Service, cfg ServerConfig) *fiber.App {
 	api.Post("/orders", auth, h.placeOrder)
 	api.Get("/orders", auth, h.orders)
 	api.Get("/orders/:id", auth, h.getOrder)
+	api.Post("/orders/:id/cancel", auth, h.cancelOrder)
 	api.Get("/leases", auth, h.leases)
+	api.Post("/leases/:id/start", auth, h.leaseStatus(market.LeaseStarted))
+	api.Post("/leases/:id/complete", auth, h.leaseStatus(market.LeaseCompleted))
+	api.Post("/leases/:id/fail", auth, h.leaseStatus(market.LeaseFailed))
 	api.Get("/analytics/trades", auth, h.trades)
 	if cfg.Extra != nil {
 		cfg.Extra(app, auth)
@@ -631,6 +635,24 @@ func (h *handlers) orders(c *fiber.Ctx) error {
 		out[i] = viewOrder(o)
 	}
 	return c.JSON(fiber.Map{"orders": out})
+}
+
+func (h *handlers) cancelOrder(c *fiber.Ctx) error {
+	o, err := h.svc.CancelOrder(c.UserContext(), caller(c), c.Params("id"))
+	if err != nil {
+		return err
+	}
+	return c.JSON(viewOrder(o))
+}
+
+func (h *handlers) leaseStatus(to market.LeaseStatus) fiber.Handler {
+	return func(c *fiber.Ctx) error {
+		l, err := h.svc.SetLeaseStatus(c.UserContext(), caller(c), c.Params("id"), to)
+		if err != nil {
+			return err
+		}
+		return c.JSON(viewLease(l))
+	}
 }
 
 func (h *handlers) leases(c *fiber.Ctx) error {

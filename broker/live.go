@@ -243,8 +243,12 @@ func (l *Live) trades(ts []market.Trade) {
 	}
 }
 
-// OnFill sets where resting jobs that became matchable go; call before Start.
-func (l *Live) OnFill(fn func(matching.Fill)) { l.onFill = fn }
+// OnFill sets where resting jobs that became matchable go.
+func (l *Live) OnFill(fn func(matching.Fill)) {
+	l.mu.Lock()
+	l.onFill = fn
+	l.mu.Unlock()
+}
 
 func (l *Live) runFills(ctx context.Context) {
 	for {
@@ -252,8 +256,11 @@ func (l *Live) runFills(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case f := <-l.fills:
-			if l.onFill != nil {
-				l.onFill(f)
+			l.mu.Lock()
+			fn := l.onFill
+			l.mu.Unlock()
+			if fn != nil {
+				fn(f)
 			}
 		}
 	}

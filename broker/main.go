@@ -156,6 +156,9 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	svc.UseLive(live)
 	m.Live = live
+	if err := svc.RunResting(liveCtx); err != nil {
+		return fmt.Errorf("load resting orders: %w", err)
+	}
 
 	token, err := m.adminToken()
 	if err != nil {

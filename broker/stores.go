@@ -27,8 +27,12 @@ type OfferStore interface {
 	Offer(ctx context.Context, id string) (market.Offer, error)
 	ListOffers(ctx context.Context, f catalog.OfferFilter) ([]market.Offer, string, error)
 	Reserve(ctx context.Context, r catalog.Reservation) (catalog.Reserved, error)
+	ReserveAll(ctx context.Context, parts []catalog.Reservation) (catalog.Reserved, error)
 	OrderLease(ctx context.Context, m market.MarketKey, orderID string) (string, error)
 	Leases(ctx context.Context, providerID string, limit int64) ([]market.Lease, error)
+	Lease(ctx context.Context, id string) (market.Lease, error)
+	SetLeaseStatus(ctx context.Context, providerID, id string, to market.LeaseStatus) (market.Lease, error)
+	CancelLease(ctx context.Context, m market.MarketKey, leaseID, offerID string, refund market.Trade, now time.Time) error
 }
 
 // Ledger keeps programmes, vouchers, holds and orders.
@@ -48,6 +52,16 @@ type Ledger interface {
 	ReleaseDiscount(ctx context.Context, h ledger.Hold) error
 	Complete(ctx context.Context, o market.Order, key string, h *ledger.Hold) error
 	StaleHolds(ctx context.Context, before time.Time, max int64) ([]ledger.Hold, error)
+	RestOrder(ctx context.Context, o market.Order) error
+	RestingOrders(ctx context.Context) ([]market.Order, error)
+	ClaimResting(ctx context.Context, smeID, orderID, owner string, ttl time.Duration) (market.Order, bool, error)
+	ReleaseClaim(ctx context.Context, smeID, orderID string) error
+	EndResting(ctx context.Context, smeID, orderID string, to market.OrderStatus, now time.Time) (market.Order, error)
+	DoneResting(ctx context.Context, smeID, orderID string) error
+	ExpiredResting(ctx context.Context, now time.Time) ([][2]string, error)
+	RestingPosition(ctx context.Context) (string, error)
+	FollowResting(ctx context.Context, from string, block time.Duration, apply func([]ledger.RestingEvent)) error
+	CancelFilled(ctx context.Context, o market.Order, now time.Time) (market.Order, error)
 	Order(ctx context.Context, id string) (market.Order, error)
 	SMEOrder(ctx context.Context, smeID, id string) (market.Order, error)
 	Orders(ctx context.Context, smeID string, limit int64) ([]market.Order, error)

@@ -153,27 +153,49 @@ func viewMatch(m matching.Match, job JobRequest) quoteView {
 }
 
 type orderView struct {
-	ID            string  `json:"id"`
-	SMEID         string  `json:"sme_id"`
-	Status        string  `json:"status"`
-	OfferID       string  `json:"offer_id"`
-	ProviderID    string  `json:"provider_id"`
-	LeaseID       string  `json:"lease_id"`
-	ResourceClass string  `json:"resource_class"`
-	Region        string  `json:"region"`
-	UnitPrice     string  `json:"unit_price"`
-	Units         int64   `json:"units"`
-	Hours         int64   `json:"hours"`
-	Gross         string  `json:"gross"`
-	Discount      string  `json:"discount"`
-	Net           string  `json:"net"`
-	VoucherID     *string `json:"voucher_id"`
-	ProgramID     *string `json:"program_id"`
-	CreatedAt     string  `json:"created_at"`
-	UpdatedAt     string  `json:"updated_at"`
+	ID            string          `json:"id"`
+	SMEID         string          `json:"sme_id"`
+	Status        string          `json:"status"`
+	OfferID       string          `json:"offer_id"`
+	ProviderID    string          `json:"provider_id"`
+	LeaseID       string          `json:"lease_id"`
+	ResourceClass string          `json:"resource_class"`
+	Region        string          `json:"region"`
+	UnitPrice     string          `json:"unit_price"`
+	Units         int64           `json:"units"`
+	Hours         int64           `json:"hours"`
+	Gross         string          `json:"gross"`
+	Discount      string          `json:"discount"`
+	Net           string          `json:"net"`
+	VoucherID     *string         `json:"voucher_id"`
+	ProgramID     *string         `json:"program_id"`
+	Parts         []orderPartView `json:"parts,omitempty"`
+	CreatedAt     string          `json:"created_at"`
+	UpdatedAt     string          `json:"updated_at"`
+}
+
+type orderPartView struct {
+	OfferID    string `json:"offer_id"`
+	ProviderID string `json:"provider_id"`
+	LeaseID    string `json:"lease_id"`
+	Units      int64  `json:"units"`
+	UnitPrice  string `json:"unit_price"`
+	Gross      string `json:"gross"`
+	Discount   string `json:"discount"`
+	Net        string `json:"net"`
 }
 
 func viewOrder(o market.Order) orderView {
+	v := viewOrderFields(o)
+	for _, p := range o.Parts {
+		v.Parts = append(v.Parts, orderPartView{OfferID: p.OfferID, ProviderID: p.ProviderID, LeaseID: p.LeaseID, Units: p.Units,
+			UnitPrice: market.FormatPrice(p.UnitPrice), Gross: market.FormatAmount(p.Gross), Discount: market.FormatAmount(p.Discount),
+			Net: market.FormatAmount(p.Net)})
+	}
+	return v
+}
+
+func viewOrderFields(o market.Order) orderView {
 	return orderView{ID: o.ID, SMEID: o.SMEID, Status: string(o.Status), OfferID: o.OfferID, ProviderID: o.ProviderID, LeaseID: o.LeaseID,
 		ResourceClass: o.ResourceClass, Region: o.Region, UnitPrice: market.FormatPrice(o.UnitPrice), Units: o.Units, Hours: o.Hours,
 		Gross: market.FormatAmount(o.Gross), Discount: market.FormatAmount(o.Discount), Net: market.FormatAmount(o.Net),

@@ -140,3 +140,84 @@ func (s *Store) Leases(ctx context.Context, providerID string, limit int64) ([]m
 	}
 	return out, nil
 }
+
+// reserveAllScript reserves every part of a split order at once, all or
+// nothing: the parts are offers of one market, so one slot. Idempotent by
+// order id. KEYS: olease, trades stream, changes stream, then per part its
+// offer and its lease. ARGV: n, now ms, maxlen, then per part: lease id,
+// expected price, units, hours, lease json, trade json.
+var reserveAllScript = redis.NewScript(`
+local prev = redis.call('GET', KEYS[1])
+if prev then return {'dup', prev} end
+local n = tonumber(ARGV[1])
+for i = 0, n - 1 do
+  local k, a = KEYS[4 + 2 * i], 4 + 6 * i
+  local o = redis.call('HMGET', k, 'status', 'listed', 'price', 'free', 'max_hours')
+  if not o[1] or o[1] ~= 'active' then return {'reject', 'offer_inactive'} end
+  if o[2] ~= '1' then return {'reject', 'provider_not_approved'} end
+  if o[3] ~= ARGV[a + 1] then return {'reject', 'price_changed'} end
+  if tonumber(o[4]) < tonumber(ARGV[a + 2]) then return {'reject', 'too_few_units'} end
+  if tonumber(o[5]) < tonumber(ARGV[a + 3]) then return {'reject', 'too_few_hours'} end
+end
+for i = 0, n - 1 do
+  local k, l, a = KEYS[4 + 2 * i], KEYS[5 + 2 * i], 4 + 6 * i
+  redis.call('HINCRBY', k, 'free', -tonumber(ARGV[a + 2]))
+  redis.call('HINCRBY', k, 'version', 1)
+  redis.call('HSET', k, 'updated_at', ARGV[2])
+  redis.call('HSET', l, 'json', ARGV[a + 4], 'status', 'reserved')
+  redis.call('XADD', KEYS[2], '*', 'k', 'trade', 'v', ARGV[a + 5])
+  local h = redis.call('HGETALL', k)
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 't', 'upsert', unpack(h))
+end
+redis.call('SET', KEYS[1], ARGV[4])
+return {'ok', ARGV[4]}
+`)
+
+// ReserveAll runs the commit point of a split order: every part, in one
+// market, reserved at once or none. It answers like Reserve, with the first
+// part's lease id.
+func (s *Store) ReserveAll(ctx context.Context, parts []Reservation) (Reserved, error) {
+	if len(parts) == 0 {
+		return Reserved{}, market.Invalid("no parts to reserve")
+	}
+	first := parts[0].Lease
+	m := market.MarketKey{Class: first.ResourceClass, Region: first.Region}
+	keys := []string{OrderLeaseKey(m, first.OrderID), TradeStreamKey(m), ChangeStreamKey(m)}
+	args := []any{len(parts), ms(parts[0].Now), changeStreamMaxLen}
+	for _, r := range parts {
+		if r.Lease.ResourceClass != m.Class || r.Lease.Region != m.Region {
+			return Reserved{}, market.Invalid("split parts must be in one market")
+		}
+		lease, err := json.Marshal(r.Lease)
+		if err != nil {
+			return Reserved{}, fmt.Errorf("catalog: encode lease: %w", err)
+		}
+		trade, err := json.Marshal(r.Trade)
+		if err != nil {
+			return Reserved{}, fmt.Errorf("catalog: encode trade: %w", err)
+		}
+		keys = append(keys, OfferKey(m, r.Lease.OfferID), LeaseKey(m, r.Lease.ID))
+		args = append(args, r.Lease.ID, r.Price.String(), r.Lease.Units, r.Lease.Hours, lease, trade)
+	}
+	res, err := reserveAllScript.Run(ctx, s.rdb, keys, args...).StringSlice()
+	if err != nil {
+		return Reserved{}, unavailable("reserve", err)
+	}
+	switch res[0] {
+	case "reject":
+		return Reserved{}, &market.Error{Code: market.CodeConflict, Message: res[1]}
+	case "dup":
+		// The first attempt's leases are the draft's; their ids are not ours.
+		return Reserved{LeaseID: res[1], Duplicate: true}, nil
+	}
+	out := Reserved{LeaseID: res[1]}
+	pipe := s.rdb.Pipeline()
+	for _, r := range parts {
+		pipe.ZAdd(ctx, "provider:"+r.Lease.ProviderID+":leases", redis.Z{Score: float64(ms(r.Now)), Member: m.String() + "|" + r.Lease.ID})
+		pipe.HSet(ctx, leaseLocKey, r.Lease.ID, m.String())
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return out, unavailable("index lease", err)
+	}
+	return out, nil
+}

@@ -242,10 +242,26 @@ type Order struct {
 	Net           decimal.Decimal `json:"net"`
 	VoucherID     string          `json:"voucher_id,omitempty"`
 	ProgramID     string          `json:"program_id,omitempty"`
+	// Parts are the offers a split order was filled from (allow_split); the
+	// order's offer, provider and lease are then the first part's and its unit
+	// price the average weighted by units.
+	Parts []OrderPart `json:"parts,omitempty"`
 	// IdempotencyKey is the key the order was placed with.
 	IdempotencyKey string    `json:"idempotency_key,omitempty"`
 	CreatedAt      time.Time `json:"created_at"`
 	UpdatedAt      time.Time `json:"updated_at"`
+}
+
+// OrderPart is the share of a split order filled from one offer.
+type OrderPart struct {
+	OfferID    string          `json:"offer_id"`
+	ProviderID string          `json:"provider_id"`
+	LeaseID    string          `json:"lease_id"`
+	Units      int64           `json:"units"`
+	UnitPrice  decimal.Decimal `json:"unit_price"`
+	Gross      decimal.Decimal `json:"gross"`
+	Discount   decimal.Decimal `json:"discount"`
+	Net        decimal.Decimal `json:"net"`
 }
 
 // LeaseStatus is where a lease stands.
