@@ -79,6 +79,11 @@ func startInProcess(t *testing.T, e *env) string {
 	return "http://" + m.Addr()
 }
 
+func newEnvClient() *http.Client { return &http.Client{Timeout: 30 * time.Second} }
+
+func testsvcRedis(t *testing.T) string      { return testsvc.Redis(t) }
+func testsvcClickHouse(t *testing.T) string { return testsvc.ClickHouse(t) }
+
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	e := &env{t: t, redis: testsvc.Redis(t), ch: testsvc.ClickHouse(t), client: &http.Client{Timeout: 30 * time.Second}}

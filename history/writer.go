@@ -190,14 +190,28 @@ func (w *Writer) Run(ctx context.Context) error {
 	}
 }
 
-// shutdown flushes the batch with a fresh, bounded context.
+// shutdown drains what the source still holds (messages committed before
+// the stop that were not read yet) and flushes the batch, with a fresh
+// context bounded by FinalFlushTimeout.
 func (w *Writer) shutdown(ctx context.Context) error {
-	if len(w.batch) == 0 {
-		return nil
-	}
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.opts.FinalFlushTimeout)
 	defer cancel()
 	w.backoff = 0
+	for fctx.Err() == nil {
+		if len(w.batch) >= w.opts.BatchSize {
+			if err := w.flush(fctx); err != nil {
+				break
+			}
+		}
+		msgs, err := w.src.Read(fctx, w.opts.BatchSize-len(w.batch))
+		w.add(msgs)
+		if err != nil || len(msgs) == 0 {
+			break
+		}
+	}
+	if len(w.batch) == 0 {
+		return nil
+	}
 	for {
 		n := len(w.batch)
 		err := w.flush(fctx)
