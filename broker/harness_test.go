@@ -29,12 +29,17 @@ type env struct {
 	ch     string
 	urls   []string
 	client *http.Client
+	// env overrides brokerd's environment for in-process starts.
+	env map[string]string
 }
 
 // startInProcess serves a brokerd inside the test process.
 func startInProcess(t *testing.T, e *env) string {
 	t.Helper()
 	cfg, err := broker.ConfigFromEnv(func(k string) string {
+		if v, ok := e.env[k]; ok {
+			return v
+		}
 		switch k {
 		case "BROKER_LISTEN":
 			return "127.0.0.1:0"
