@@ -68,42 +68,52 @@ func (s *Store) LoadMarket(ctx context.Context, m market.MarketKey) (MarketState
 // Redis for at most block between batches. A failing read is retried with
 // backoff; Follow returns only ctx's error.
 func (s *Store) Follow(ctx context.Context, positions map[market.MarketKey]string, block time.Duration, apply func([]Change)) error {
-	markets := make([]market.MarketKey, 0, len(positions))
-	for m := range positions {
-		markets = append(markets, m)
-	}
-	pos := make(map[string]string, len(markets))
-	byKey := make(map[string]market.MarketKey, len(markets))
-	for _, m := range markets {
+	keys := make([]string, 0, len(positions))
+	from := make([]string, 0, len(positions))
+	byKey := make(map[string]market.MarketKey, len(positions))
+	for m, pos := range positions {
 		k := ChangeStreamKey(m)
-		byKey[k] = m
-		pos[k] = positions[m]
-		if pos[k] == "" {
-			last, err := s.lastID(ctx, k)
+		keys, from, byKey[k] = append(keys, k), append(from, pos), m
+	}
+	return s.follow(ctx, keys, from, block, func(st redis.XStream) {
+		var batch []Change
+		for _, msg := range st.Messages {
+			if c, ok := decodeChange(byKey[st.Stream], msg); ok {
+				batch = append(batch, c)
+			}
+		}
+		if len(batch) > 0 {
+			apply(batch)
+		}
+	})
+}
+
+// follow reads streams from positions ("" = after the newest entry) with one
+// blocking XREAD at a time and hands each stream's new entries to handle,
+// until ctx ends. Failing reads are retried with backoff.
+func (s *Store) follow(ctx context.Context, keys, from []string, block time.Duration, handle func(redis.XStream)) error {
+	n := len(keys)
+	args := make([]string, 0, 2*n)
+	args = append(args, keys...)
+	for i, pos := range from {
+		if pos == "" {
+			// Resolve "the newest entry" once: re-sending "$" on every read
+			// would lose what is appended between two reads.
+			last, err := s.lastID(ctx, keys[i])
 			if err != nil {
 				return err
 			}
-			pos[k] = last
+			pos = last
 		}
+		args = append(args, pos)
 	}
 	backoff := 100 * time.Millisecond
-	args := make([]string, 0, 2*len(markets))
 	for ctx.Err() == nil {
-		args = args[:0]
-		for _, m := range markets {
-			args = append(args, ChangeStreamKey(m))
-		}
-		for _, m := range markets {
-			args = append(args, pos[ChangeStreamKey(m)])
-		}
 		res, err := s.rdb.XRead(ctx, &redis.XReadArgs{Streams: args, Count: 1000, Block: block}).Result()
 		if errors.Is(err, redis.Nil) {
 			continue
 		}
 		if err != nil {
-			if ctx.Err() != nil {
-				break
-			}
 			select {
 			case <-ctx.Done():
 			case <-time.After(backoff):
@@ -114,18 +124,17 @@ func (s *Store) Follow(ctx context.Context, positions map[market.MarketKey]strin
 			continue
 		}
 		backoff = 100 * time.Millisecond
-		var batch []Change
 		for _, st := range res {
-			m := byKey[st.Stream]
-			for _, msg := range st.Messages {
-				pos[st.Stream] = msg.ID
-				if c, ok := decodeChange(m, msg); ok {
-					batch = append(batch, c)
+			if len(st.Messages) == 0 {
+				continue
+			}
+			for i := 0; i < n; i++ {
+				if args[i] == st.Stream {
+					args[n+i] = st.Messages[len(st.Messages)-1].ID
+					break
 				}
 			}
-		}
-		if len(batch) > 0 {
-			apply(batch)
+			handle(st)
 		}
 	}
 	return ctx.Err()
@@ -169,61 +178,24 @@ func (c Change) String() string {
 // ends. Unlike the history's consumer group, every caller sees every trade:
 // it feeds live views (the market stream, the provider's lease push).
 func (s *Store) FollowTrades(ctx context.Context, markets []market.MarketKey, block time.Duration, apply func([]market.Trade)) error {
-	pos := make([]string, 0, 2*len(markets))
-	for _, m := range markets {
-		pos = append(pos, TradeStreamKey(m))
+	keys := make([]string, len(markets))
+	for i, m := range markets {
+		keys[i] = TradeStreamKey(m)
 	}
-	// Resolve "the newest entry" once: re-sending "$" on every read would
-	// lose what is appended between two reads.
-	for _, m := range markets {
-		last, err := s.lastID(ctx, TradeStreamKey(m))
-		if err != nil {
-			return err
-		}
-		pos = append(pos, last)
-	}
-	n := len(markets)
-	backoff := 100 * time.Millisecond
-	for ctx.Err() == nil {
-		res, err := s.rdb.XRead(ctx, &redis.XReadArgs{Streams: pos, Count: 1000, Block: block}).Result()
-		if errors.Is(err, redis.Nil) {
-			continue
-		}
-		if err != nil {
-			select {
-			case <-ctx.Done():
-			case <-time.After(backoff):
-			}
-			if backoff < 2*time.Second {
-				backoff *= 2
-			}
-			continue
-		}
-		backoff = 100 * time.Millisecond
+	return s.follow(ctx, keys, make([]string, len(markets)), block, func(st redis.XStream) {
 		var batch []market.Trade
-		for _, st := range res {
-			for i := 0; i < n; i++ {
-				if pos[i] == st.Stream {
-					if len(st.Messages) > 0 {
-						pos[n+i] = st.Messages[len(st.Messages)-1].ID
-					}
-					break
-				}
+		for _, msg := range st.Messages {
+			if k, _ := msg.Values["k"].(string); k != StreamKindTrade {
+				continue
 			}
-			for _, msg := range st.Messages {
-				if k, _ := msg.Values["k"].(string); k != StreamKindTrade {
-					continue
-				}
-				v, _ := msg.Values["v"].(string)
-				var t market.Trade
-				if json.Unmarshal([]byte(v), &t) == nil && t.ID != "" {
-					batch = append(batch, t)
-				}
+			v, _ := msg.Values["v"].(string)
+			var t market.Trade
+			if json.Unmarshal([]byte(v), &t) == nil && t.ID != "" {
+				batch = append(batch, t)
 			}
 		}
 		if len(batch) > 0 {
 			apply(batch)
 		}
-	}
-	return ctx.Err()
+	})
 }
