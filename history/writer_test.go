@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/url"
 	"sync"
 	"testing"
@@ -252,68 +251,9 @@ func TestWriterEndToEnd(t *testing.T) {
 	}
 }
 
-// proxy is a TCP proxy to ClickHouse that can be switched off: then it cuts
-// every connection and refuses new ones, as a ClickHouse outage does.
-type proxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	down   bool
-	conns  map[net.Conn]bool
-}
-
-func newProxy(t testing.TB, target string) *proxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{ln: ln, target: target, conns: map[net.Conn]bool{}}
-	t.Cleanup(func() { ln.Close(); p.setDown(true) })
-	go p.serve()
-	return p
-}
-
-func (p *proxy) serve() {
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		p.mu.Lock()
-		down := p.down
-		p.mu.Unlock()
-		if down {
-			c.Close()
-			continue
-		}
-		b, err := net.Dial("tcp", p.target)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		p.mu.Lock()
-		p.conns[c], p.conns[b] = true, true
-		p.mu.Unlock()
-		go func() { io.Copy(b, c); b.Close(); c.Close() }()
-		go func() { io.Copy(c, b); b.Close(); c.Close() }()
-	}
-}
-
-func (p *proxy) setDown(down bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.down = down
-	if down {
-		for c := range p.conns {
-			c.Close()
-		}
-		clear(p.conns)
-	}
-}
-
 // openBehindProxy opens a Store on a fresh database through a proxy, and a
 // direct Store on the same database to check what arrived.
-func openBehindProxy(t *testing.T) (viaProxy, direct *Store, p *proxy) {
+func openBehindProxy(t *testing.T) (viaProxy, direct *Store, p *testsvc.Proxy) {
 	t.Helper()
 	ctx := testContext(t)
 	u, err := url.Parse(testsvc.ClickHouse(t))
@@ -325,8 +265,8 @@ func openBehindProxy(t *testing.T) (viaProxy, direct *Store, p *proxy) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { direct.Close() })
-	p = newProxy(t, u.Host)
-	u.Host = p.ln.Addr().String()
+	p = testsvc.NewProxy(t, u.Host)
+	u.Host = p.Addr()
 	u.RawQuery = "dial_timeout=1s"
 	viaProxy, err = Open(ctx, u.String())
 	if err != nil {
@@ -341,7 +281,7 @@ func TestWriterHoldsWhileClickHouseDown(t *testing.T) {
 	store, direct, p := openBehindProxy(t)
 	rdb := newRedis(t)
 
-	p.setDown(true)
+	p.SetDown(true)
 	const n = 300
 	addTrades(t, rdb, 0, n)
 	w := NewWriter(store, newSource(rdb, "w1"), WriterOptions{
@@ -365,7 +305,7 @@ func TestWriterHoldsWhileClickHouseDown(t *testing.T) {
 		t.Errorf("stats while down: %+v", st)
 	}
 
-	p.setDown(false)
+	p.SetDown(false)
 	waitFor(t, 20*time.Second, "recovery", func() bool { return pending(t, rdb) == 0 })
 	if c, err := direct.TradeCount(ctx); err != nil || c != n {
 		t.Errorf("TradeCount = %d, %v after recovery, want %d", c, err, n)
