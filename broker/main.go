@@ -178,6 +178,16 @@ func (m *Main) Run(ctx context.Context) error {
 	metrics.RegisterGauge("broker_history_lag_seconds", "Age of the oldest trade not yet stored in ClickHouse.", func() float64 { return m.writer.Stats().LagSeconds })
 	metrics.RegisterGauge("broker_history_pending", "Trades read from Redis and not yet stored in ClickHouse.", func() float64 { return float64(m.writer.Stats().Pending) })
 
+	// The WebSocket gateway (market and provider streams) and its metrics.
+	streamCfg, err := StreamConfigFromEnv(os.Getenv)
+	if err != nil {
+		return err
+	}
+	streamCfg.Limiter, streamCfg.Logger = NewLimiter(rdb, cfg.AccountRate, cfg.AnonymousRate), m.log
+	streams := NewStreams(svc, live, streamCfg)
+	defer streams.Close()
+	streams.RegisterMetrics(metrics)
+
 	app := NewApp(svc, ServerConfig{
 		Ready: func(ctx context.Context) error {
 			if err := rdb.Ping(ctx).Err(); err != nil {
@@ -192,6 +202,7 @@ func (m *Main) Run(ctx context.Context) error {
 		Frontend: cfg.Frontend,
 		OpenAPI:  OpenAPI,
 		Logger:   m.log,
+		Extra:    streams.Mount,
 	})
 
 	ln, err := net.Listen("tcp", cfg.Listen)

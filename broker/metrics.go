@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"computebroker/market"
 )
@@ -35,6 +36,7 @@ func NewMetrics(reg *prometheus.Registry) *Metrics {
 		}, []string{"outcome"}),
 	}
 	reg.MustRegister(m.requests, m.orders)
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
