@@ -183,6 +183,15 @@ func (l *Live) Refresh(ctx context.Context, o market.Offer) error {
 	return l.engine.SyncMarket(ctx, o.Market())
 }
 
+// Apply queues an offer's new state for this brokerd's book without waiting
+// for the book to show it.
+func (l *Live) Apply(ctx context.Context, o market.Offer) error {
+	if o.Status != market.OfferActive {
+		return l.engine.Apply(ctx, matching.Remove(o.Market(), o.ID))
+	}
+	return l.upsert(ctx, o)
+}
+
 // RefreshID is Refresh for an offer known by id.
 func (l *Live) RefreshID(ctx context.Context, id string) error {
 	o, err := l.store.Offer(ctx, id)

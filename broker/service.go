@@ -390,8 +390,13 @@ func (s *Service) UpdateOffer(ctx context.Context, caller market.Account, id str
 		u.Units = p.Units
 	}
 	o, err := s.offers.UpdateOffer(ctx, u)
-	if err == nil && caller.Approved() {
-		s.refresh(ctx, o)
+	if err == nil && caller.Approved() && s.live != nil {
+		// Queue the change for this brokerd's book without waiting for it:
+		// price streams are the hot path, and a quote a moment stale is safe
+		// (the commit point re-checks the price).
+		if err := s.live.Apply(ctx, o); err != nil {
+			s.log.Warn("apply offer change to book", "offer", o.ID, "err", err)
+		}
 	}
 	return o, err
 }

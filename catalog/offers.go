@@ -231,6 +231,9 @@ func offerScriptError(id, op string, err error) error {
 
 // OfferMarket returns the market an offer is listed in, or not_found.
 func (s *Store) OfferMarket(ctx context.Context, id string) (market.MarketKey, error) {
+	if m, ok := s.locs.Load(id); ok {
+		return m.(market.MarketKey), nil
+	}
 	loc, err := s.rdb.HGet(ctx, offerLocKey, id).Result()
 	if errors.Is(err, redis.Nil) {
 		return market.MarketKey{}, market.Errorf(market.CodeNotFound, "offer %s not found", id)
@@ -242,7 +245,9 @@ func (s *Store) OfferMarket(ctx context.Context, id string) (market.MarketKey, e
 	if !ok {
 		return market.MarketKey{}, fmt.Errorf("catalog: bad location %q of offer %s", loc, id)
 	}
-	return market.MarketKey{Class: class, Region: region}, nil
+	m := market.MarketKey{Class: class, Region: region}
+	s.locs.Store(id, m)
+	return m, nil
 }
 
 // Offer returns an offer in any status, or not_found.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -16,6 +17,9 @@ import (
 // Store keeps accounts and offers in Redis.
 type Store struct {
 	rdb redis.UniversalClient
+	// locs caches offer id → market: an offer never changes market, so the
+	// lookup costs one Redis round trip per offer and process, not per update.
+	locs sync.Map
 }
 
 // New returns a Store over rdb.
