@@ -1,5 +1,5 @@
 # Convenience targets; the scripts are the real interface (see README).
-.PHONY: demo demo-stop test bench build services-start services-stop services-status
+.PHONY: demo demo-stop test race bench build services-start services-stop services-status
 
 demo:
 	scripts/demo start
@@ -9,6 +9,10 @@ demo-stop:
 
 test:
 	scripts/test
+
+# Every test under the race detector (slower; not part of CI).
+race:
+	scripts/test -race ./...
 
 # Benchmarks with allocation counts, against the real services.
 bench:
