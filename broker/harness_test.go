@@ -84,6 +84,38 @@ func startInProcess(t *testing.T, e *env) string {
 	return "http://" + m.Addr()
 }
 
+// startStoppable serves a brokerd in the test process that the test stops
+// itself: stop cancels it and returns what Run returned.
+func startStoppable(t *testing.T, e *env) (url string, stop func() error) {
+	t.Helper()
+	cfg, err := broker.ConfigFromEnv(func(k string) string {
+		return map[string]string{"BROKER_LISTEN": "127.0.0.1:0", "REDIS_URL": e.redis, "CLICKHOUSE_URL": e.ch,
+			"BROKER_ADMIN_TOKEN": adminToken, "BROKER_VAR_DIR": t.TempDir()}[k]
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := broker.NewMain(cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	select {
+	case <-m.Ready():
+	case err := <-done:
+		cancel()
+		t.Fatalf("brokerd did not start: %v", err)
+	}
+	return "http://" + m.Addr(), func() error {
+		cancel()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(30 * time.Second):
+			return fmt.Errorf("brokerd did not stop in 30s")
+		}
+	}
+}
+
 func newEnvClient() *http.Client { return &http.Client{Timeout: 30 * time.Second} }
 
 func testsvcRedis(t *testing.T) string      { return testsvc.Redis(t) }

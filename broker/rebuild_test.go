@@ -1,11 +1,8 @@
 package broker_test
 
 import (
-	"context"
 	"testing"
 	"time"
-
-	"computebroker/broker"
 )
 
 // TestBooksAndRestingJobsRebuiltAtStart: a brokerd that starts after the
@@ -14,19 +11,8 @@ import (
 // fills the resting job on a price cut.
 func TestBooksAndRestingJobsRebuiltAtStart(t *testing.T) {
 	e := &env{t: t, client: newEnvClient(), redis: testsvcRedis(t), ch: testsvcClickHouse(t)}
-	cfg, err := broker.ConfigFromEnv(func(k string) string {
-		return map[string]string{"BROKER_LISTEN": "127.0.0.1:0", "REDIS_URL": e.redis, "CLICKHOUSE_URL": e.ch,
-			"BROKER_ADMIN_TOKEN": adminToken, "BROKER_VAR_DIR": t.TempDir()}[k]
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	first := broker.NewMain(cfg)
-	ctx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- first.Run(ctx) }()
-	<-first.Ready()
-	e.urls = []string{"http://" + first.Addr()}
+	url, stop := startStoppable(t, e)
+	e.urls = []string{url}
 
 	reg := e.account("regulator", "R", nil)
 	p := e.account("provider", "P", nil)
@@ -40,8 +26,7 @@ func TestBooksAndRestingJobsRebuiltAtStart(t *testing.T) {
 	if o.str("status") != "resting" {
 		t.Fatalf("gtc: %s", o.Raw)
 	}
-	stop()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Fatalf("first brokerd: %v", err)
 	}
 

@@ -3,9 +3,7 @@ package broker_test
 import (
 	"context"
 	"testing"
-	"time"
 
-	"computebroker/broker"
 	"computebroker/history"
 )
 
@@ -13,19 +11,8 @@ import (
 // the request and stores the pending trade in ClickHouse before it exits.
 func TestShutdownFlushesHistory(t *testing.T) {
 	e := &env{t: t, client: newEnvClient(), redis: testsvcRedis(t), ch: testsvcClickHouse(t)}
-	cfg, err := broker.ConfigFromEnv(func(k string) string {
-		return map[string]string{"BROKER_LISTEN": "127.0.0.1:0", "REDIS_URL": e.redis, "CLICKHOUSE_URL": e.ch,
-			"BROKER_ADMIN_TOKEN": adminToken, "BROKER_VAR_DIR": t.TempDir()}[k]
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := broker.NewMain(cfg)
-	ctx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	<-m.Ready()
-	e.urls = []string{"http://" + m.Addr()}
+	url, stop := startStoppable(t, e)
+	e.urls = []string{url}
 
 	reg := e.account("regulator", "R", nil)
 	p := e.account("provider", "P", nil)
@@ -33,14 +20,8 @@ func TestShutdownFlushesHistory(t *testing.T) {
 	e.must(200, "POST", "/api/v1/providers/"+p.id+"/approve", reg.token, nil)
 	e.must(201, "POST", "/api/v1/offers", p.token, offerBody("gpu.l40s-48g", "cn-east", 8, "10.50"))
 	o := e.must(201, "POST", "/api/v1/orders", s.token, map[string]any{"resource_class": "gpu.l40s-48g", "units": 2, "hours": 3}, "Idempotency-Key", "k")
-	stop()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("Run: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("brokerd did not stop in 30s")
+	if err := stop(); err != nil {
+		t.Fatalf("Run: %v", err)
 	}
 	// No brokerd runs now: what is in ClickHouse was flushed on the way out.
 	h, err := history.Open(context.Background(), e.ch)

@@ -166,7 +166,7 @@ func (h Hold) keys() []string {
 // and leaves nothing held when either part cannot hold.
 func (s *Store) HoldDiscount(ctx context.Context, h Hold) error {
 	// Intent first, so a reconciler finds every hold a dead broker left.
-	if err := s.rdb.ZAdd(ctx, pendingHoldsKey, redis.Z{Score: float64(h.Now.UnixMilli()), Member: pendingMember(h)}).Err(); err != nil {
+	if err := zaddMS(ctx, s.rdb, pendingHoldsKey, h.Now.UnixMilli(), pendingMember(h)).Err(); err != nil {
 		return unavailable("hold", err)
 	}
 	err := holdScript.Run(ctx, s.rdb, h.keys(), fen(h.Amount), fen(h.AnnualCap), h.VoucherID, h.ProgramID,

@@ -50,8 +50,8 @@ func (s *Store) RestOrder(ctx context.Context, o market.Order) error {
 	member := o.SMEID + "|" + o.ID
 	pipe := s.rdb.Pipeline()
 	pipe.Set(ctx, orderOwnerKey(o.ID), o.SMEID, 0)
-	pipe.ZAdd(ctx, restingKey, redis.Z{Score: float64(o.CreatedAt.UnixMilli()), Member: member})
-	pipe.ZAdd(ctx, restingExpKey, redis.Z{Score: float64(o.Job.ExpiresAt.UnixMilli()), Member: member})
+	zaddMS(ctx, pipe, restingKey, o.CreatedAt.UnixMilli(), member)
+	zaddMS(ctx, pipe, restingExpKey, o.Job.ExpiresAt.UnixMilli(), member)
 	pipe.XAdd(ctx, &redis.XAddArgs{Stream: restingEventsKey, MaxLen: 100000, Approx: true, Values: []string{"t", "add", "sme", o.SMEID, "order", o.ID}})
 	if _, err := pipe.Exec(ctx); err != nil {
 		return unavailable("rest order", err)

@@ -66,3 +66,14 @@ func (s *Store) Ping(ctx context.Context) error { return s.rdb.Ping(ctx).Err() }
 // scriptError is the message a Lua script raised with redis.error_reply,
 // without the "ERR " Redis puts in front of it.
 func scriptError(err error) string { return strings.TrimPrefix(err.Error(), "ERR ") }
+
+// doer is a Redis client or pipeline.
+type doer interface {
+	Do(ctx context.Context, args ...any) *redis.Cmd
+}
+
+// zaddMS adds member to a sorted set scored by a time in milliseconds, sent
+// as an integer: no float type in the money rooms.
+func zaddMS(ctx context.Context, c doer, key string, ms int64, member string) *redis.Cmd {
+	return c.Do(ctx, "ZADD", key, ms, member)
+}
