@@ -227,6 +227,8 @@ func (s *Service) PlaceOrder(ctx context.Context, caller market.Account, key str
 		if ferr := s.ledger.FailOrder(ctx, caller.ID, key, encodeError(err)); ferr != nil {
 			s.log.Warn("record failed order", "order", b.OrderID, "err", ferr)
 		}
+	case errors.Is(err, errCommitted):
+		// Committed: the key stays pending; a retry resumes from the draft.
 	default:
 		// Nothing committed: free the key so that a retry starts afresh.
 		if ferr := s.ledger.ForgetKey(context.WithoutCancel(ctx), caller.ID, key); ferr != nil {
@@ -435,11 +437,22 @@ func (s *Service) try(ctx context.Context, sme market.Account, key, orderID stri
 			return market.Order{}, err
 		}
 	}
+	if hold == nil {
+		// A hold is tracked for the reconciler; a checkout without one is
+		// tracked here, so that a broker dying past the commit point leaves
+		// nothing unfinished.
+		if err := s.ledger.TrackCheckout(ctx, sme.ID, orderID, mk, now); err != nil {
+			return market.Order{}, err
+		}
+	}
 	undo := func(cause error) (market.Order, error) {
+		bg := context.WithoutCancel(ctx)
 		if hold != nil {
-			if err := s.ledger.ReleaseDiscount(context.WithoutCancel(ctx), *hold); err != nil {
+			if err := s.ledger.ReleaseDiscount(bg, *hold); err != nil {
 				s.log.Error("release hold", "order", orderID, "err", err)
 			}
+		} else if err := s.ledger.UntrackCheckout(bg, sme.ID, orderID, mk); err != nil {
+			s.log.Error("untrack checkout", "order", orderID, "err", err)
 		}
 		return market.Order{}, cause
 	}
@@ -491,10 +504,17 @@ func (s *Service) try(ctx context.Context, sme market.Account, key, orderID stri
 	// Past the commit point: the trade exists. Finishing must not be cut
 	// short by the caller going away.
 	if err := s.ledger.Complete(context.WithoutCancel(ctx), o, key, hold); err != nil {
-		return market.Order{}, err
+		return market.Order{}, &market.Error{Code: market.CodeUnavailable,
+			Message: "the order is committed but not yet recorded; retry with the same Idempotency-Key to get it",
+			Err:     fmt.Errorf("%w: %w", errCommitted, err)}
 	}
 	return o, nil
 }
+
+// errCommitted marks a checkout that failed after its commit point: its
+// idempotency key must stay, so that a retry (or the reconciler) finishes it
+// rather than buying again.
+var errCommitted = errors.New("checkout committed")
 
 // encodeError and decodeError keep a failed checkout's answer with its key.
 func encodeError(err error) string {

@@ -48,7 +48,51 @@ func (s *Service) Reconcile(ctx context.Context, before time.Time) (completed, r
 		released++
 		s.log.Warn("released the hold of an unfinished checkout", "order", h.OrderID, "sme", h.SMEID)
 	}
-	return completed, released, nil
+	n, m, err := s.reconcileCheckouts(ctx, before)
+	return completed + n, released + m, err
+}
+
+// reconcileCheckouts settles tracked checkouts without a hold the same way:
+// recorded when the market holds the order's lease, dropped (and the key
+// freed) when it does not.
+func (s *Service) reconcileCheckouts(ctx context.Context, before time.Time) (completed, dropped int, err error) {
+	pending, err := s.ledger.StaleCheckouts(ctx, before, 500)
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, p := range pending {
+		lease, err := s.offers.OrderLease(ctx, p.Market, p.OrderID)
+		if err != nil {
+			return completed, dropped, err
+		}
+		d, ok, err := s.ledger.Draft(ctx, p.SMEID, p.OrderID)
+		if err != nil {
+			return completed, dropped, err
+		}
+		switch {
+		case lease != "" && ok && d.Order.LeaseID == lease:
+			if err := s.ledger.Complete(ctx, d.Order, d.Key, nil); err != nil {
+				return completed, dropped, err
+			}
+			completed++
+			s.log.Warn("reconciled a committed checkout", "order", p.OrderID, "sme", p.SMEID)
+		case lease != "":
+			// Committed by an earlier attempt whose draft was replaced; a
+			// retry of the same key finishes it.
+			continue
+		default:
+			if ok {
+				if err := s.ledger.ForgetKey(ctx, p.SMEID, d.Key); err != nil {
+					return completed, dropped, err
+				}
+			}
+			if err := s.ledger.UntrackCheckout(ctx, p.SMEID, p.OrderID, p.Market); err != nil {
+				return completed, dropped, err
+			}
+			dropped++
+		}
+	}
+	return completed, dropped, nil
 }
 
 // RunReconciler calls Reconcile every interval for holds older than age,

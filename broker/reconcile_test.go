@@ -118,6 +118,44 @@ func TestReconcileSettlesDeadCheckouts(t *testing.T) {
 	if f := funds(); !f.Available.Equal(d("90.00")) {
 		t.Fatalf("second reconcile moved money: %s", f.Available)
 	}
+	// Checkouts without a voucher are tracked too: one died past its commit
+	// point, one before it.
+	plain := func(key, orderID string, commit bool) {
+		t.Helper()
+		if _, err := led.BeginOrder(ctx, sme.ID, key, "fp-"+key, orderID, now); err != nil {
+			t.Fatal(err)
+		}
+		o := market.Order{ID: orderID, SMEID: sme.ID, Status: market.OrderFilled, OfferID: off.ID, ProviderID: prov.ID,
+			LeaseID: "lse_" + orderID, ResourceClass: mk.Class, Region: mk.Region, UnitPrice: d("1.00"), Units: 5, Hours: 1,
+			Gross: d("5.00"), Discount: d("0"), Net: d("5.00"), CreatedAt: now}
+		if err := led.TrackCheckout(ctx, sme.ID, orderID, mk, now); err != nil {
+			t.Fatal(err)
+		}
+		if err := led.SaveDraft(ctx, ledger.Draft{Key: key, Order: o}); err != nil {
+			t.Fatal(err)
+		}
+		if commit {
+			l := market.Lease{ID: o.LeaseID, OrderID: orderID, OfferID: off.ID, ProviderID: prov.ID, SMEID: sme.ID, ResourceClass: mk.Class, Region: mk.Region, Units: 5, Hours: 1, UnitPrice: d("1.00"), Status: market.LeaseReserved, CreatedAt: now}
+			if _, err := offers.Reserve(ctx, catalog.Reservation{Lease: l, Trade: market.Trade{ID: "trd_" + orderID, OrderID: orderID}, Price: d("1.00"), Now: now}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	plain("plain-after", "ord_plain_after", true)
+	plain("plain-before", "ord_plain_before", false)
+	if c, r, err := svc.Reconcile(ctx, now.Add(time.Second)); err != nil || c != 1 || r != 1 {
+		t.Fatalf("Reconcile of plain checkouts = %d completed, %d dropped, %v; want 1, 1", c, r, err)
+	}
+	if o, err := led.SMEOrder(ctx, sme.ID, "ord_plain_after"); err != nil || o.Net.StringFixed(2) != "5.00" {
+		t.Fatalf("committed plain order not recorded: %v %v", o, err)
+	}
+	if b, err := led.BeginOrder(ctx, sme.ID, "plain-before", "fp-plain-before", "ord_y", now); err != nil || !b.New {
+		t.Fatalf("key of the uncommitted plain checkout not freed: %+v %v", b, err)
+	}
+	if c, r, err := svc.Reconcile(ctx, now.Add(time.Second)); err != nil || c+r != 0 {
+		t.Fatalf("third Reconcile = %d %d %v", c, r, err)
+	}
+
 	// The freed key starts afresh; the committed key answers its order.
 	b, err := led.BeginOrder(ctx, sme.ID, "dead-before", "fp-dead-before", "ord_new", now)
 	if err != nil || !b.New {

@@ -52,6 +52,9 @@ type Ledger interface {
 	ReleaseDiscount(ctx context.Context, h ledger.Hold) error
 	Complete(ctx context.Context, o market.Order, key string, h *ledger.Hold) error
 	StaleHolds(ctx context.Context, before time.Time, max int64) ([]ledger.Hold, error)
+	TrackCheckout(ctx context.Context, smeID, orderID string, m market.MarketKey, now time.Time) error
+	UntrackCheckout(ctx context.Context, smeID, orderID string, m market.MarketKey) error
+	StaleCheckouts(ctx context.Context, before time.Time, max int64) ([]ledger.PendingCheckout, error)
 	RestOrder(ctx context.Context, o market.Order) error
 	RestingOrders(ctx context.Context) ([]market.Order, error)
 	ClaimResting(ctx context.Context, smeID, orderID, owner string, ttl time.Duration) (market.Order, bool, error)

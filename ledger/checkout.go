@@ -233,6 +233,7 @@ func (s *Store) Complete(ctx context.Context, o market.Order, key string, h *Hol
 	}
 	pipe := s.rdb.Pipeline()
 	pipe.Set(ctx, orderOwnerKey(o.ID), o.SMEID, 0)
+	pipe.ZRem(ctx, checkoutsPendingKey, checkoutMember(o.SMEID, o.ID, market.MarketKey{Class: o.ResourceClass, Region: o.Region}))
 	if _, err := pipe.Exec(ctx); err != nil {
 		return unavailable("complete order", err)
 	}
@@ -363,6 +364,56 @@ func (s *Store) StaleHolds(ctx context.Context, before time.Time, max int64) ([]
 		year, _ := strconv.Atoi(f[5])
 		out = append(out, Hold{SMEID: f[0], OrderID: f[1], VoucherID: f[2], ProgramID: f[3],
 			Market: market.MarketKey{Class: class, Region: region}, Now: time.Date(year, 7, 1, 0, 0, 0, 0, capZone)})
+	}
+	return out, nil
+}
+
+// checkoutsPendingKey lists checkouts without a hold that passed step 1 and
+// have not finished: the reconciler's view of them (holds have their own).
+const checkoutsPendingKey = "checkouts:pending"
+
+func checkoutMember(smeID, orderID string, m market.MarketKey) string {
+	return smeID + "|" + orderID + "|" + m.String()
+}
+
+// TrackCheckout records a checkout without a hold before its commit point, so
+// that the reconciler finishes it if its broker dies past the commit point.
+func (s *Store) TrackCheckout(ctx context.Context, smeID, orderID string, m market.MarketKey, now time.Time) error {
+	if err := zaddMS(ctx, s.rdb, checkoutsPendingKey, now.UnixMilli(), checkoutMember(smeID, orderID, m)).Err(); err != nil {
+		return unavailable("track checkout", err)
+	}
+	return nil
+}
+
+// UntrackCheckout forgets a tracked checkout (it finished or was undone).
+func (s *Store) UntrackCheckout(ctx context.Context, smeID, orderID string, m market.MarketKey) error {
+	if err := s.rdb.ZRem(ctx, checkoutsPendingKey, checkoutMember(smeID, orderID, m)).Err(); err != nil {
+		return unavailable("untrack checkout", err)
+	}
+	return nil
+}
+
+// PendingCheckout is a tracked checkout without a hold.
+type PendingCheckout struct {
+	SMEID, OrderID string
+	Market         market.MarketKey
+}
+
+// StaleCheckouts returns up to max tracked checkouts started before before.
+func (s *Store) StaleCheckouts(ctx context.Context, before time.Time, max int64) ([]PendingCheckout, error) {
+	members, err := s.rdb.ZRangeByScore(ctx, checkoutsPendingKey, &redis.ZRangeBy{Min: "-inf", Max: fmt.Sprint(before.UnixMilli()), Count: max}).Result()
+	if err != nil {
+		return nil, unavailable("stale checkouts", err)
+	}
+	out := make([]PendingCheckout, 0, len(members))
+	for _, mem := range members {
+		f := strings.Split(mem, "|")
+		if len(f) != 3 {
+			s.rdb.ZRem(ctx, checkoutsPendingKey, mem)
+			continue
+		}
+		class, region, _ := strings.Cut(f[2], ":")
+		out = append(out, PendingCheckout{SMEID: f[0], OrderID: f[1], Market: market.MarketKey{Class: class, Region: region}})
 	}
 	return out, nil
 }
