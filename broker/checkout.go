@@ -492,6 +492,21 @@ func (s *Service) try(ctx context.Context, sme market.Account, key, orderID stri
 			s.refreshID(context.WithoutCancel(ctx), p.Offer.ID)
 		}
 	}()
+	if err != nil && !market.IsCode(err, market.CodeConflict) {
+		// Not a rejection: the script may have run before the reply was
+		// lost. Ask the market before undoing anything.
+		lease, lerr := s.offers.OrderLease(context.WithoutCancel(ctx), mk, orderID)
+		switch {
+		case lerr != nil:
+			// Unknown: keep the hold and the key; a retry or the reconciler
+			// settles it once Redis answers.
+			return market.Order{}, &market.Error{Code: market.CodeUnavailable,
+				Message: "the outcome of the order is not known yet; retry with the same Idempotency-Key",
+				Err:     fmt.Errorf("%w: %w", errCommitted, err)}
+		case lease != "":
+			res, err = catalog.Reserved{LeaseID: lease, Duplicate: true}, nil
+		}
+	}
 	if err != nil {
 		return undo(err)
 	}
