@@ -150,6 +150,11 @@ func NewApp(svc *Service, cfg ServerConfig) *fiber.App {
 	api.Post("/leases/:id/complete", auth, h.leaseStatus(market.LeaseCompleted))
 	api.Post("/leases/:id/fail", auth, h.leaseStatus(market.LeaseFailed))
 	api.Get("/analytics/trades", auth, h.trades)
+	api.Get("/analytics/price-index", auth, h.priceIndex)
+	api.Get("/analytics/ohlc", auth, h.ohlc)
+	api.Get("/analytics/concentration", auth, h.concentration)
+	api.Get("/analytics/subsidies", auth, h.subsidies)
+	api.Get("/analytics/alerts", auth, h.alerts)
 	if cfg.Extra != nil {
 		cfg.Extra(app, auth)
 	}

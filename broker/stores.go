@@ -74,6 +74,13 @@ type Ledger interface {
 type History interface {
 	Ping(ctx context.Context) error
 	Trades(ctx context.Context, f history.TradeFilter) ([]market.Trade, string, error)
+	PriceIndex(ctx context.Context, f history.AnalyticsFilter, interval string) ([]history.PricePoint, error)
+	OHLC(ctx context.Context, f history.AnalyticsFilter, interval string) ([]history.Candle, error)
+	Concentration(ctx context.Context, f history.AnalyticsFilter, by string) (history.Concentration, error)
+	Subsidies(ctx context.Context, f history.AnalyticsFilter, groupBy string) ([]history.SubsidyGroup, error)
+	PriceHikes(ctx context.Context, f history.AnalyticsFilter, basisPoints int64) ([]history.PriceHike, error)
+	VoucherPairs(ctx context.Context, f history.AnalyticsFilter) ([]history.VoucherPair, error)
+	OrderDiscounts(ctx context.Context, f history.AnalyticsFilter) ([]history.OrderDiscount, error)
 }
 
 var (
