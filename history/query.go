@@ -45,26 +45,8 @@ func (s *Store) Trades(ctx context.Context, f TradeFilter) (trades []market.Trad
 	case limit > MaxTradeLimit:
 		limit = MaxTradeLimit
 	}
-	var (
-		where []string
-		args  []any
-	)
-	if !f.From.IsZero() {
-		where = append(where, "ts >= toDateTime(?)")
-		args = append(args, clampUnix(f.From))
-	}
-	if !f.To.IsZero() {
-		where = append(where, "ts < toDateTime(?)")
-		args = append(args, clampUnix(f.To))
-	}
-	if f.ResourceClass != "" {
-		where = append(where, "resource_class = ?")
-		args = append(args, f.ResourceClass)
-	}
-	if f.Region != "" {
-		where = append(where, "region = ?")
-		args = append(args, f.Region)
-	}
+	cond, args := s.where(AnalyticsFilter{From: f.From, To: f.To, ResourceClass: f.ResourceClass, Region: f.Region}, false)
+	where := []string{cond}
 	if f.Cursor != "" {
 		cts, cid, err := decodeCursor(f.Cursor)
 		if err != nil {
@@ -75,10 +57,7 @@ func (s *Store) Trades(ctx context.Context, f TradeFilter) (trades []market.Trad
 		where = append(where, "ts >= toDateTime(?)", "(ts > toDateTime(?) OR id > ?)")
 		args = append(args, cts, cts, cid)
 	}
-	q := "SELECT " + tradeColumns + " FROM " + s.table("trades") + " FINAL"
-	if len(where) > 0 {
-		q += " WHERE " + strings.Join(where, " AND ")
-	}
+	q := "SELECT " + tradeColumns + " FROM " + s.table("trades") + " FINAL WHERE " + strings.Join(where, " AND ")
 	q += " ORDER BY ts, id LIMIT " + strconv.Itoa(limit+1)
 
 	rows, err := s.conn.Query(ctx, q, args...)
