@@ -30,6 +30,9 @@ type MainConfig struct {
 	VarDir        string // BROKER_VAR_DIR, default ./var
 	AccountRate   Rate   // BROKER_RATE_LIMIT "100:500"
 	AnonymousRate Rate   // BROKER_ANON_RATE_LIMIT "50:200"
+	// ReferenceRefresh is how often the subsidy guard's reference prices
+	// are reloaded from the history (BROKER_REFERENCE_REFRESH, default 1m).
+	ReferenceRefresh time.Duration
 	// Consumer names this process in the history consumer group; it should
 	// survive restarts (default: host name + listen port).
 	Consumer string // BROKER_CONSUMER
@@ -55,6 +58,14 @@ func ConfigFromEnv(getenv func(string) string) (MainConfig, error) {
 		VarDir:          get("BROKER_VAR_DIR", "var"),
 		Consumer:        getenv("BROKER_CONSUMER"),
 		ShutdownTimeout: 20 * time.Second,
+	}
+	c.ReferenceRefresh = time.Minute
+	if v := getenv("BROKER_REFERENCE_REFRESH"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 100*time.Millisecond || d > 24*time.Hour {
+			return c, fmt.Errorf("BROKER_REFERENCE_REFRESH must be a duration from 100ms to 24h, like 1m")
+		}
+		c.ReferenceRefresh = d
 	}
 	var ok bool
 	if c.AccountRate, ok = ParseRate(get("BROKER_RATE_LIMIT", "100:500")); !ok {
@@ -104,6 +115,9 @@ func NewMain(cfg MainConfig) *Main {
 	}
 	if cfg.ShutdownTimeout == 0 {
 		cfg.ShutdownTimeout = 20 * time.Second
+	}
+	if cfg.ReferenceRefresh <= 0 {
+		cfg.ReferenceRefresh = time.Minute
 	}
 	return &Main{Config: cfg, log: cfg.Logger, ready: make(chan struct{})}
 }
@@ -218,6 +232,7 @@ func (m *Main) Run(ctx context.Context) error {
 	go func() { writerDone <- m.writer.Run(writerCtx) }()
 
 	go svc.RunReconciler(writerCtx, 10*time.Second, 2*time.Minute)
+	go svc.RunReferences(writerCtx, cfg.ReferenceRefresh)
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- app.Listener(ln) }()

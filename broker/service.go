@@ -42,6 +42,8 @@ type Service struct {
 	// live, when set, holds the books matching reads; without it matching
 	// reads the offers from Redis on every request.
 	live *Live
+	// refs are the markets' reference prices of the subsidy-capture guard.
+	refs references
 }
 
 // UseLive makes matching read the live books, and local writes refresh them.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"time"
 
+	"github.com/shopspring/decimal"
+
 	"computebroker/catalog"
 	"computebroker/history"
 	"computebroker/ledger"
@@ -74,6 +76,7 @@ type Ledger interface {
 type History interface {
 	Ping(ctx context.Context) error
 	Trades(ctx context.Context, f history.TradeFilter) ([]market.Trade, string, error)
+	ReferencePrices(ctx context.Context, since time.Time) (map[market.MarketKey]decimal.Decimal, error)
 	PriceIndex(ctx context.Context, f history.AnalyticsFilter, interval string) ([]history.PricePoint, error)
 	OHLC(ctx context.Context, f history.AnalyticsFilter, interval string) ([]history.Candle, error)
 	Concentration(ctx context.Context, f history.AnalyticsFilter, by string) (history.Concentration, error)

@@ -442,3 +442,36 @@ func (s *Store) OrderDiscounts(ctx context.Context, f AnalyticsFilter) ([]OrderD
 	}
 	return out, nil
 }
+
+// ReferencePrices returns each market's unsubsidised VWAP since since: the
+// price weighted by units × hours over the trades no voucher paid for (and
+// not refunded), to 4 places. Markets without such trades are absent. It is
+// the reference of the subsidy-capture guard.
+func (s *Store) ReferencePrices(ctx context.Context, since time.Time) (map[market.MarketKey]decimal.Decimal, error) {
+	w, args := s.where(AnalyticsFilter{From: since}, true)
+	q := "SELECT resource_class, region, sum(unit_price * units * hours), sum(units * hours) FROM " +
+		s.table("trades") + " FINAL WHERE " + w + " AND discount = 0 GROUP BY resource_class, region"
+	rows, err := s.conn.Query(ctx, q, args...)
+	if err != nil {
+		return nil, unavailable("query reference prices", err)
+	}
+	defer rows.Close()
+	out := map[market.MarketKey]decimal.Decimal{}
+	for rows.Next() {
+		var (
+			m     market.MarketKey
+			value decimal.Decimal
+			qty   int64
+		)
+		if err := rows.Scan(&m.Class, &m.Region, &value, &qty); err != nil {
+			return nil, unavailable("read reference prices", err)
+		}
+		if qty > 0 {
+			out[m] = value.DivRound(decimal.NewFromInt(qty), market.PriceScale)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, unavailable("read reference prices", err)
+	}
+	return out, nil
+}

@@ -1,0 +1,60 @@
+package broker
+
+import (
+	"context"
+	"sync/atomic"
+	"time"
+
+	"github.com/shopspring/decimal"
+
+	"computebroker/market"
+)
+
+// referenceWindow is how far back the reference price looks (DESIGN.md:
+// the 30-day unsubsidised VWAP).
+const referenceWindow = 30 * 24 * time.Hour
+
+// references holds each market's reference price for the subsidy-capture
+// guard, refreshed from the history; readers never wait.
+type references struct {
+	prices atomic.Pointer[map[market.MarketKey]decimal.Decimal]
+}
+
+// of returns an offer's market reference, zero when the market has no
+// unsubsidised history yet (the guard then uses the offer's list price).
+func (r *references) of(o market.Offer) decimal.Decimal {
+	m := r.prices.Load()
+	if m == nil {
+		return decimal.Zero
+	}
+	return (*m)[o.Market()]
+}
+
+// RefreshReferences reloads the markets' reference prices from the history.
+func (s *Service) RefreshReferences(ctx context.Context) error {
+	prices, err := s.history.ReferencePrices(ctx, s.now().Add(-referenceWindow))
+	if err != nil {
+		return err
+	}
+	s.refs.prices.Store(&prices)
+	return nil
+}
+
+// RunReferences refreshes the reference prices every interval until ctx ends.
+func (s *Service) RunReferences(ctx context.Context, interval time.Duration) {
+	if err := s.RefreshReferences(ctx); err != nil && ctx.Err() == nil {
+		s.log.Warn("load reference prices", "err", err)
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := s.RefreshReferences(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("refresh reference prices", "err", err)
+			}
+		}
+	}
+}
