@@ -1,8 +1,9 @@
-// The regulator dashboard: providers, programmes, vouchers, trades.
+// The regulator dashboard: providers, programmes, vouchers, trades, analytics.
 import {
   api, el, showError, showOk, clearMsg, timeEl, fillTable, loadCatalog, classLabel,
   fillSelect, tokenBox, busy, getToken, localToRFC3339, splitList,
 } from "./api.js";
+import { initAnalytics } from "./analytics.js";
 
 const $ = (id) => document.getElementById(id);
 const ROLE = "regulator";
@@ -275,6 +276,7 @@ async function init() {
   renderPrograms();
   updateCSVLink();
   refreshAll();
+  initAnalytics();
   try {
     const cat = await loadCatalog();
     const tf = $("trade-filters").elements;
