@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"computebroker/broker"
+	"computebroker/frontend"
 	"computebroker/internal/testsvc"
 )
 
@@ -60,6 +61,7 @@ func startInProcess(t *testing.T, e *env) string {
 		t.Fatal(err)
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	cfg.Frontend = frontend.FS() // as cmd/brokerd serves it
 	m := broker.NewMain(cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

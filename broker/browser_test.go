@@ -1,0 +1,106 @@
+package broker_test
+
+import (
+	"context"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+)
+
+// browser starts Debian's chromium headless (scripts/test installs it) and
+// returns a chromedp context bounded by timeout. It fails, never skips, when
+// chromium is missing.
+func browser(t *testing.T, timeout time.Duration) context.Context {
+	t.Helper()
+	path, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Fatal("chromium is needed for the browser tests (scripts/services install chromium)")
+	}
+	opts := []chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(path), chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU,
+		chromedp.NoFirstRun, chromedp.NoDefaultBrowserCheck, chromedp.UserDataDir(t.TempDir()),
+		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true), chromedp.WindowSize(1280, 1000),
+	}
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancelCtx := chromedp.NewContext(actx)
+	ctx, cancelTimeout := context.WithTimeout(ctx, timeout)
+	t.Cleanup(func() { cancelTimeout(); cancelCtx(); cancelAlloc() })
+	return ctx
+}
+
+// TestStorefrontInBrowser drives the SME storefront in a real browser: the
+// live offers table shows the market and follows a price change over the
+// market stream, and an order placed from the page is filled with the
+// voucher applied.
+func TestStorefrontInBrowser(t *testing.T) {
+	e := newEnv(t)
+	reg := e.account("regulator", "R", nil)
+	p := e.account("provider", "Yangtze", nil)
+	s := e.account("sme", "Lingxi", nil)
+	e.must(200, "POST", "/api/v1/providers/"+p.id+"/approve", reg.token, nil)
+	off := e.must(201, "POST", "/api/v1/offers", p.token, offerBody("gpu.h100-80g", "cn-east", 8, "21.50")).str("id")
+	prog := e.must(201, "POST", "/api/v1/programs", reg.token, programBody("P", "0.30", nil)).str("id")
+	e.must(201, "POST", "/api/v1/vouchers", reg.token, map[string]any{"program_id": prog, "holder_id": s.id, "amount": "1000.00"})
+
+	ctx := browser(t, 60*time.Second)
+	eval := func(js string) string {
+		t.Helper()
+		v, err := chromedp.Run(ctx, chromedp.Evaluate[string](js))
+		if err != nil {
+			t.Fatalf("evaluate %s: %v", js, err)
+		}
+		return v
+	}
+	// waitFor polls a JavaScript predicate on the page; page describes the
+	// page's state when it fails.
+	waitFor := func(what, predicate string, within time.Duration) {
+		t.Helper()
+		if _, err := chromedp.Run(ctx, chromedp.Poll[bool](predicate, chromedp.WithPollingTimeout(within))); err != nil {
+			t.Fatalf("%s: %v\npage: %s", what, err, eval(`document.querySelector("main").innerText.slice(0, 2000)`))
+		}
+	}
+	if err := chromedp.Do(ctx, chromedp.Navigate(e.urls[0]+"/")); err != nil {
+		t.Fatalf("open the storefront: %v", err)
+	}
+	eval(`localStorage.setItem("computebroker.token.sme", ` + jsString(s.token) + `); "ok"`)
+	if err := chromedp.Do(ctx, chromedp.Reload()); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	waitFor("the live offers table", `document.querySelectorAll("#offers tr").length > 0 &&
+		document.querySelector("#feed-state").textContent.toLowerCase().includes("live")`, 10*time.Second)
+	if table := eval(`document.querySelector("#offers").textContent`); !strings.Contains(table, "21.50") {
+		t.Fatalf("offers table: %q", table)
+	}
+
+	// A price change reaches the open page over the market stream.
+	e.must(200, "PATCH", "/api/v1/offers/"+off, p.token, map[string]any{"price": "20.75"})
+	waitFor("the new price in the live table", `document.querySelector("#offers").textContent.includes("20.75")`, 5*time.Second)
+
+	// Order from the page: 2 GPUs for 10 hours at 20.75 = 415.00, 30% off.
+	waitFor("the class list", `document.querySelector('#job select[name=resource_class]').options.length > 0`, 5*time.Second)
+	eval(`(() => {
+		const f = document.querySelector("#job");
+		f.querySelector("select[name=resource_class]").value = "gpu.h100-80g";
+		f.querySelector("input[name=units]").value = "2";
+		f.querySelector("input[name=hours]").value = "10";
+		f.querySelector("button[value=order]").click();
+		return "ok";
+	})()`)
+	waitFor("the filled order on the page", `(t => t.includes("filled") && t.includes("you pay 290.50"))(document.querySelector("#job-msg").textContent)`, 10*time.Second)
+	orders := e.must(200, "GET", "/api/v1/orders", s.token, nil).Body["orders"].([]any)
+	if len(orders) != 1 {
+		t.Fatalf("%d orders after ordering from the page", len(orders))
+	}
+	o := orders[0].(map[string]any)
+	if o["status"] != "filled" || o["gross"] != "415.00" || o["discount"] != "124.50" || o["net"] != "290.50" {
+		t.Fatalf("order placed from the page: %v", o)
+	}
+}
+
+func jsString(s string) string {
+	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
+}
