@@ -10,8 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/shopspring/decimal"
-
 	"computebroker/catalog"
 	"computebroker/market"
 	"computebroker/voucher"
@@ -674,6 +672,3 @@ func (s *Service) Trades(ctx context.Context, caller market.Account, f TradeQuer
 	}
 	return s.history.Trades(ctx, f)
 }
-
-// zero is decimal zero, for readability.
-var zero = decimal.Zero
