@@ -37,14 +37,14 @@ redis.call('HSET', KEYS[1], 'id', ARGV[1], 'provider', ARGV[2], 'class', ARGV[3]
   'units', ARGV[5], 'free', ARGV[5], 'price', ARGV[6], 'list_price', ARGV[6], 'max_hours', ARGV[7],
   'specs', ARGV[8], 'version', 1, 'status', 'active', 'listed', ARGV[11], 'price_at', ARGV[9],
   'updated_at', ARGV[9], 'member', ARGV[10])
+local h = redis.call('HGETALL', KEYS[1])
 if ARGV[11] == '1' then
   redis.call('ZADD', KEYS[2], 0, ARGV[10])
-  local h = redis.call('HGETALL', KEYS[1])
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[12], '*', 't', 'upsert', unpack(h))
   redis.call('XADD', KEYS[4], '*', 'k', 'tick', 'v', cjson.encode({offer_id = ARGV[1], provider_id = ARGV[2],
     resource_class = ARGV[3], region = ARGV[4], price = ARGV[6], units_free = tonumber(ARGV[5]), version = 1, ts = ARGV[13]}))
 end
-return redis.call('HGETALL', KEYS[1])
+return h
 `)
 
 var updateScript = redis.NewScript(`
@@ -71,8 +71,9 @@ if ARGV[2] ~= '' then
 end
 local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[5])
+-- One read of the final state serves the change stream and the reply.
+local h = redis.call('HGETALL', KEYS[1])
 if o[6] == '1' then
-  local h = redis.call('HGETALL', KEYS[1])
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 't', 'upsert', unpack(h))
   if ARGV[2] ~= '' then
     local c = redis.call('HMGET', KEYS[1], 'class', 'region')
@@ -80,7 +81,7 @@ if o[6] == '1' then
       resource_class = c[1], region = c[2], price = price, units_free = free, version = v, ts = ARGV[7]}))
   end
 end
-return redis.call('HGETALL', KEYS[1])
+return h
 `)
 
 var deleteScript = redis.NewScript(`
