@@ -104,3 +104,52 @@ func TestStorefrontInBrowser(t *testing.T) {
 func jsString(s string) string {
 	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
 }
+
+// TestRegulatorDashboardInBrowser drives the regulator's page: a pending
+// provider is approved with its button, and after a trade the analytics
+// panels show the market (one provider: HHI 10000, highly concentrated).
+func TestRegulatorDashboardInBrowser(t *testing.T) {
+	e := newEnv(t)
+	reg := e.account("regulator", "R", nil)
+	p := e.account("provider", "Pending Compute", nil)
+	s := e.account("sme", "S", nil)
+
+	ctx := browser(t, 60*time.Second)
+	eval := func(js string) string {
+		t.Helper()
+		v, err := chromedp.Run(ctx, chromedp.Evaluate[string](js))
+		if err != nil {
+			t.Fatalf("evaluate: %v", err)
+		}
+		return v
+	}
+	waitFor := func(what, predicate string, within time.Duration) {
+		t.Helper()
+		if _, err := chromedp.Run(ctx, chromedp.Poll[bool](predicate, chromedp.WithPollingTimeout(within))); err != nil {
+			t.Fatalf("%s: %v\npage: %s", what, err, eval(`document.querySelector("main") ? document.querySelector("main").innerText.slice(0, 1500) : document.body.innerText.slice(0, 500)`))
+		}
+	}
+	if err := chromedp.Do(ctx, chromedp.Navigate(e.urls[0]+"/regulator.html")); err != nil {
+		t.Fatalf("open the dashboard: %v", err)
+	}
+	eval(`localStorage.setItem("computebroker.token.regulator", ` + jsString(reg.token) + `); "ok"`)
+	if err := chromedp.Do(ctx, chromedp.Reload()); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	row := `[...document.querySelectorAll("#providers tr")].find(r => r.textContent.includes(` + jsString(p.id) + `))`
+	waitFor("the pending provider listed", `(r => !!r && r.textContent.includes("pending"))(`+row+`)`, 10*time.Second)
+	eval(`(r => { [...r.querySelectorAll("button")].find(b => b.textContent.trim() === "Approve").click(); return "ok"; })(` + row + `)`)
+	waitFor("the provider shown approved", `(r => !!r && r.textContent.includes("approved"))(`+row+`)`, 10*time.Second)
+	if got := e.must(200, "GET", "/api/v1/providers", reg.token, nil).Body["providers"].([]any)[0].(map[string]any)["status"]; got != "approved" {
+		t.Fatalf("after clicking Approve the provider is %v", got)
+	}
+
+	// A trade, then the analytics panels.
+	e.must(201, "POST", "/api/v1/offers", p.token, offerBody("gpu.910b-64g", "cn-west", 8, "13.00"))
+	e.must(201, "POST", "/api/v1/orders", s.token, map[string]any{"resource_class": "gpu.910b-64g", "units": 2, "hours": 5}, "Idempotency-Key", "k")
+	e.waitTrades(reg.token, 1)
+	eval(`document.querySelector("#analytics-filters").requestSubmit(); "ok"`)
+	waitFor("HHI of a one-provider market", `document.querySelector("#conc-hhi").textContent.trim() === "10000.00" &&
+		document.querySelector("#conc-level").textContent.includes("highly concentrated")`, 10*time.Second)
+	waitFor("the price index row", `document.querySelector("#pi-rows").textContent.includes("13.0000")`, 10*time.Second)
+}
