@@ -106,17 +106,9 @@ func (s *Service) validJob(r JobRequest) (market.Job, error) {
 
 // plan finds the eligible offers for a job, best net first.
 func (s *Service) plan(ctx context.Context, sme market.Account, job market.Job) (matching.Result, []voucher.Grant, error) {
-	now := s.now()
-	class, _ := s.cfg.Catalog.Class(job.ResourceClass)
-	req := matching.Request{Job: job, SME: sme, Class: class, Now: now, Rules: s.cfg.Rules, Reference: s.refs.of}
-	if job.UseVouchers {
-		funds, err := s.ledger.Funds(ctx, sme.ID, now)
-		if err != nil {
-			return matching.Result{}, nil, err
-		}
-		for _, f := range funds {
-			req.Grants = append(req.Grants, voucher.Grant{Voucher: f.Voucher, Program: f.Program, Available: f.Available, CapLeft: f.CapLeft, BudgetLeft: f.BudgetLeft})
-		}
+	req, err := s.request(ctx, sme, job)
+	if err != nil {
+		return matching.Result{}, nil, err
 	}
 	if s.live != nil {
 		return s.live.Engine().Match(req, planDepth), req.Grants, nil

@@ -98,6 +98,16 @@ func (s *Service) reconcileCheckouts(ctx context.Context, before time.Time) (com
 // RunReconciler calls Reconcile every interval for holds older than age,
 // until ctx ends.
 func (s *Service) RunReconciler(ctx context.Context, interval, age time.Duration) {
+	every(ctx, interval, func() {
+		if _, _, err := s.Reconcile(ctx, s.now().Add(-age)); err != nil && ctx.Err() == nil {
+			s.log.Warn("reconcile", "err", err)
+		}
+	})
+}
+
+// every calls f every interval until ctx ends: the background loops of a
+// Service (reconciler, reference prices, resting-order expiry).
+func every(ctx context.Context, interval time.Duration, f func()) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -105,9 +115,7 @@ func (s *Service) RunReconciler(ctx context.Context, interval, age time.Duration
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if _, _, err := s.Reconcile(ctx, s.now().Add(-age)); err != nil && ctx.Err() == nil {
-				s.log.Warn("reconcile", "err", err)
-			}
+			f()
 		}
 	}
 }

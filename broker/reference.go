@@ -42,19 +42,11 @@ func (s *Service) RefreshReferences(ctx context.Context) error {
 
 // RunReferences refreshes the reference prices every interval until ctx ends.
 func (s *Service) RunReferences(ctx context.Context, interval time.Duration) {
-	if err := s.RefreshReferences(ctx); err != nil && ctx.Err() == nil {
-		s.log.Warn("load reference prices", "err", err)
-	}
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := s.RefreshReferences(ctx); err != nil && ctx.Err() == nil {
-				s.log.Warn("refresh reference prices", "err", err)
-			}
+	refresh := func() {
+		if err := s.RefreshReferences(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("refresh reference prices", "err", err)
 		}
 	}
+	refresh()
+	every(ctx, interval, refresh)
 }

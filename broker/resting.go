@@ -134,18 +134,7 @@ func (s *Service) RunResting(ctx context.Context) error {
 			}
 		}()
 	}
-	go func() {
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				s.expireResting(ctx)
-			}
-		}
-	}()
+	go every(ctx, time.Second, func() { s.expireResting(ctx) })
 	return nil
 }
 

@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"encoding/json"
 	"io"
 	"log/slog"
 	"net"
@@ -467,18 +466,4 @@ func (cs *connSet) remove(id uint64) {
 func drain(c net.Conn, d time.Duration) {
 	_ = c.SetReadDeadline(time.Now().Add(d))
 	_, _ = io.Copy(io.Discard, c)
-}
-
-// appendJSONString appends s as a JSON string: plain ASCII directly,
-// anything else through encoding/json.
-func appendJSONString(b []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c == '"' || c == '\\' || c >= 0x80 {
-			q, _ := json.Marshal(s) // a string always marshals
-			return append(b, q...)
-		}
-	}
-	b = append(b, '"')
-	b = append(b, s...)
-	return append(b, '"')
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/fasthttp/websocket"
 	"github.com/gofiber/fiber/v2"
 
+	"computebroker/broker/hub"
 	"computebroker/market"
 )
 
@@ -185,7 +186,7 @@ func (pc *providerConn) execute(msg []byte) []byte {
 	pc.s.acks.Add(1)
 	b := make([]byte, 0, 40+len(ref))
 	b = append(b, `{"type":"ack","ref":`...)
-	b = appendJSONString(b, ref)
+	b = hub.AppendJSONString(b, ref)
 	b = append(b, `,"version":`...)
 	b = strconv.AppendInt(b, o.Version, 10)
 	return append(b, '}')

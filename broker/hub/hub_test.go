@@ -63,10 +63,10 @@ func TestFrames(t *testing.T) {
 
 func TestAppendStringEscapes(t *testing.T) {
 	for _, s := range []string{"plain", `q"uote`, `back\slash`, "ctl\n", "云计算", ""} {
-		got := string(appendString(nil, s))
+		got := string(AppendJSONString(nil, s))
 		var back string
 		if err := jsonUnmarshal(got, &back); err != nil || back != s {
-			t.Errorf("appendString(%q) = %s (%v)", s, got, err)
+			t.Errorf("AppendJSONString(%q) = %s (%v)", s, got, err)
 		}
 	}
 }

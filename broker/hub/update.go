@@ -139,7 +139,7 @@ func encode(u Update, now func() time.Time) (*frame, error) {
 			return nil, market.Invalid("hub: tick without an offer id")
 		}
 		b = append(b, `,"offer_id":`...)
-		b = appendString(b, u.OfferID)
+		b = AppendJSONString(b, u.OfferID)
 		b = append(b, `,"price":"`...)
 		b = append(b, market.FormatPrice(u.Price)...)
 		b = append(b, `","units_free":`...)
@@ -153,15 +153,15 @@ func encode(u Update, now func() time.Time) (*frame, error) {
 			return nil, market.Invalid("hub: remove without an offer id")
 		}
 		b = append(b, `,"offer_id":`...)
-		b = appendString(b, u.OfferID)
+		b = AppendJSONString(b, u.OfferID)
 		b = append(b, `,"version":`...)
 		b = strconv.AppendInt(b, u.Version, 10)
 	case KindTrade:
 		f.offerID = ""
 		b = append(b, `,"resource_class":`...)
-		b = appendString(b, u.Market.Class)
+		b = AppendJSONString(b, u.Market.Class)
 		b = append(b, `,"region":`...)
-		b = appendString(b, u.Market.Region)
+		b = AppendJSONString(b, u.Market.Region)
 		b = append(b, `,"price":"`...)
 		b = append(b, market.FormatPrice(u.Price)...)
 		b = append(b, `","units":`...)
@@ -186,13 +186,13 @@ type OfferEncoder func(dst []byte, o market.Offer) []byte
 // any, prices as market.FormatPrice, times RFC 3339 UTC.
 func AppendOffer(b []byte, o market.Offer) []byte {
 	b = append(b, `{"id":`...)
-	b = appendString(b, o.ID)
+	b = AppendJSONString(b, o.ID)
 	b = append(b, `,"provider_id":`...)
-	b = appendString(b, o.ProviderID)
+	b = AppendJSONString(b, o.ProviderID)
 	b = append(b, `,"resource_class":`...)
-	b = appendString(b, o.ResourceClass)
+	b = AppendJSONString(b, o.ResourceClass)
 	b = append(b, `,"region":`...)
-	b = appendString(b, o.Region)
+	b = AppendJSONString(b, o.Region)
 	b = append(b, `,"units":`...)
 	b = strconv.AppendInt(b, o.Units, 10)
 	b = append(b, `,"units_free":`...)
@@ -208,7 +208,7 @@ func AppendOffer(b []byte, o market.Offer) []byte {
 		status = market.OfferActive
 	}
 	b = append(b, `,"status":`...)
-	b = appendString(b, string(status))
+	b = AppendJSONString(b, string(status))
 	b = append(b, `,"updated_at":`...)
 	b = appendTime(b, o.UpdatedAt)
 	if len(o.Specs) > 0 {
@@ -223,7 +223,7 @@ func AppendOffer(b []byte, o market.Offer) []byte {
 // appendString appends s as a JSON string. Plain ASCII, which ids, classes
 // and regions are, takes the fast path; anything else goes through
 // encoding/json.
-func appendString(b []byte, s string) []byte {
+func AppendJSONString(b []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {
 		if c := s[i]; c < 0x20 || c == '"' || c == '\\' || c >= 0x80 {
 			q, _ := json.Marshal(s) // a string always marshals
