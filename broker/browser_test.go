@@ -32,6 +32,44 @@ func browser(t *testing.T, timeout time.Duration) context.Context {
 	return ctx
 }
 
+// page is a page open in the browser, signed in with a role's token.
+type page struct {
+	t   *testing.T
+	ctx context.Context
+}
+
+// openPage opens url with token stored for role, as the pages keep it.
+func openPage(t *testing.T, url, role, token string) *page {
+	t.Helper()
+	p := &page{t: t, ctx: browser(t, 60*time.Second)}
+	if err := chromedp.Do(p.ctx, chromedp.Navigate(url)); err != nil {
+		t.Fatalf("open %s: %v", url, err)
+	}
+	p.eval(`localStorage.setItem("computebroker.token." + ` + jsString(role) + `, ` + jsString(token) + `); "ok"`)
+	if err := chromedp.Do(p.ctx, chromedp.Reload()); err != nil {
+		t.Fatalf("reload %s: %v", url, err)
+	}
+	return p
+}
+
+// eval runs a JavaScript expression that gives a string.
+func (p *page) eval(js string) string {
+	p.t.Helper()
+	v, err := chromedp.Run(p.ctx, chromedp.Evaluate[string](js))
+	if err != nil {
+		p.t.Fatalf("evaluate %s: %v", js, err)
+	}
+	return v
+}
+
+// waitFor polls a JavaScript predicate; on failure it shows the page's text.
+func (p *page) waitFor(what, predicate string, within time.Duration) {
+	p.t.Helper()
+	if _, err := chromedp.Run(p.ctx, chromedp.Poll[bool](predicate, chromedp.WithPollingTimeout(within))); err != nil {
+		p.t.Fatalf("%s: %v\npage: %s", what, err, p.eval(`(document.querySelector("main") || document.body).innerText.slice(0, 2000)`))
+	}
+}
+
 // TestStorefrontInBrowser drives the SME storefront in a real browser: the
 // live offers table shows the market and follows a price change over the
 // market stream, and an order placed from the page is filled with the
@@ -46,43 +84,20 @@ func TestStorefrontInBrowser(t *testing.T) {
 	prog := e.must(201, "POST", "/api/v1/programs", reg.token, programBody("P", "0.30", nil)).str("id")
 	e.must(201, "POST", "/api/v1/vouchers", reg.token, map[string]any{"program_id": prog, "holder_id": s.id, "amount": "1000.00"})
 
-	ctx := browser(t, 60*time.Second)
-	eval := func(js string) string {
-		t.Helper()
-		v, err := chromedp.Run(ctx, chromedp.Evaluate[string](js))
-		if err != nil {
-			t.Fatalf("evaluate %s: %v", js, err)
-		}
-		return v
-	}
-	// waitFor polls a JavaScript predicate on the page; page describes the
-	// page's state when it fails.
-	waitFor := func(what, predicate string, within time.Duration) {
-		t.Helper()
-		if _, err := chromedp.Run(ctx, chromedp.Poll[bool](predicate, chromedp.WithPollingTimeout(within))); err != nil {
-			t.Fatalf("%s: %v\npage: %s", what, err, eval(`document.querySelector("main").innerText.slice(0, 2000)`))
-		}
-	}
-	if err := chromedp.Do(ctx, chromedp.Navigate(e.urls[0]+"/")); err != nil {
-		t.Fatalf("open the storefront: %v", err)
-	}
-	eval(`localStorage.setItem("computebroker.token.sme", ` + jsString(s.token) + `); "ok"`)
-	if err := chromedp.Do(ctx, chromedp.Reload()); err != nil {
-		t.Fatalf("reload: %v", err)
-	}
-	waitFor("the live offers table", `document.querySelectorAll("#offers tr").length > 0 &&
+	pg := openPage(t, e.urls[0]+"/", "sme", s.token)
+	pg.waitFor("the live offers table", `document.querySelectorAll("#offers tr").length > 0 &&
 		document.querySelector("#feed-state").textContent.toLowerCase().includes("live")`, 10*time.Second)
-	if table := eval(`document.querySelector("#offers").textContent`); !strings.Contains(table, "21.50") {
+	if table := pg.eval(`document.querySelector("#offers").textContent`); !strings.Contains(table, "21.50") {
 		t.Fatalf("offers table: %q", table)
 	}
 
 	// A price change reaches the open page over the market stream.
 	e.must(200, "PATCH", "/api/v1/offers/"+off, p.token, map[string]any{"price": "20.75"})
-	waitFor("the new price in the live table", `document.querySelector("#offers").textContent.includes("20.75")`, 5*time.Second)
+	pg.waitFor("the new price in the live table", `document.querySelector("#offers").textContent.includes("20.75")`, 5*time.Second)
 
 	// Order from the page: 2 GPUs for 10 hours at 20.75 = 415.00, 30% off.
-	waitFor("the class list", `document.querySelector('#job select[name=resource_class]').options.length > 0`, 5*time.Second)
-	eval(`(() => {
+	pg.waitFor("the class list", `document.querySelector('#job select[name=resource_class]').options.length > 0`, 5*time.Second)
+	pg.eval(`(() => {
 		const f = document.querySelector("#job");
 		f.querySelector("select[name=resource_class]").value = "gpu.h100-80g";
 		f.querySelector("input[name=units]").value = "2";
@@ -90,7 +105,7 @@ func TestStorefrontInBrowser(t *testing.T) {
 		f.querySelector("button[value=order]").click();
 		return "ok";
 	})()`)
-	waitFor("the filled order on the page", `(t => t.includes("filled") && t.includes("you pay 290.50"))(document.querySelector("#job-msg").textContent)`, 10*time.Second)
+	pg.waitFor("the filled order on the page", `(t => t.includes("filled") && t.includes("you pay 290.50"))(document.querySelector("#job-msg").textContent)`, 10*time.Second)
 	orders := e.must(200, "GET", "/api/v1/orders", s.token, nil).Body["orders"].([]any)
 	if len(orders) != 1 {
 		t.Fatalf("%d orders after ordering from the page", len(orders))
@@ -114,32 +129,11 @@ func TestRegulatorDashboardInBrowser(t *testing.T) {
 	p := e.account("provider", "Pending Compute", nil)
 	s := e.account("sme", "S", nil)
 
-	ctx := browser(t, 60*time.Second)
-	eval := func(js string) string {
-		t.Helper()
-		v, err := chromedp.Run(ctx, chromedp.Evaluate[string](js))
-		if err != nil {
-			t.Fatalf("evaluate: %v", err)
-		}
-		return v
-	}
-	waitFor := func(what, predicate string, within time.Duration) {
-		t.Helper()
-		if _, err := chromedp.Run(ctx, chromedp.Poll[bool](predicate, chromedp.WithPollingTimeout(within))); err != nil {
-			t.Fatalf("%s: %v\npage: %s", what, err, eval(`document.querySelector("main") ? document.querySelector("main").innerText.slice(0, 1500) : document.body.innerText.slice(0, 500)`))
-		}
-	}
-	if err := chromedp.Do(ctx, chromedp.Navigate(e.urls[0]+"/regulator.html")); err != nil {
-		t.Fatalf("open the dashboard: %v", err)
-	}
-	eval(`localStorage.setItem("computebroker.token.regulator", ` + jsString(reg.token) + `); "ok"`)
-	if err := chromedp.Do(ctx, chromedp.Reload()); err != nil {
-		t.Fatalf("reload: %v", err)
-	}
+	pg := openPage(t, e.urls[0]+"/regulator.html", "regulator", reg.token)
 	row := `[...document.querySelectorAll("#providers tr")].find(r => r.textContent.includes(` + jsString(p.id) + `))`
-	waitFor("the pending provider listed", `(r => !!r && r.textContent.includes("pending"))(`+row+`)`, 10*time.Second)
-	eval(`(r => { [...r.querySelectorAll("button")].find(b => b.textContent.trim() === "Approve").click(); return "ok"; })(` + row + `)`)
-	waitFor("the provider shown approved", `(r => !!r && r.textContent.includes("approved"))(`+row+`)`, 10*time.Second)
+	pg.waitFor("the pending provider listed", `(r => !!r && r.textContent.includes("pending"))(`+row+`)`, 10*time.Second)
+	pg.eval(`(r => { [...r.querySelectorAll("button")].find(b => b.textContent.trim() === "Approve").click(); return "ok"; })(` + row + `)`)
+	pg.waitFor("the provider shown approved", `(r => !!r && r.textContent.includes("approved"))(`+row+`)`, 10*time.Second)
 	if got := e.must(200, "GET", "/api/v1/providers", reg.token, nil).Body["providers"].([]any)[0].(map[string]any)["status"]; got != "approved" {
 		t.Fatalf("after clicking Approve the provider is %v", got)
 	}
@@ -148,8 +142,8 @@ func TestRegulatorDashboardInBrowser(t *testing.T) {
 	e.must(201, "POST", "/api/v1/offers", p.token, offerBody("gpu.910b-64g", "cn-west", 8, "13.00"))
 	e.must(201, "POST", "/api/v1/orders", s.token, map[string]any{"resource_class": "gpu.910b-64g", "units": 2, "hours": 5}, "Idempotency-Key", "k")
 	e.waitTrades(reg.token, 1)
-	eval(`document.querySelector("#analytics-filters").requestSubmit(); "ok"`)
-	waitFor("HHI of a one-provider market", `document.querySelector("#conc-hhi").textContent.trim() === "10000.00" &&
+	pg.eval(`document.querySelector("#analytics-filters").requestSubmit(); "ok"`)
+	pg.waitFor("HHI of a one-provider market", `document.querySelector("#conc-hhi").textContent.trim() === "10000.00" &&
 		document.querySelector("#conc-level").textContent.includes("highly concentrated")`, 10*time.Second)
-	waitFor("the price index row", `document.querySelector("#pi-rows").textContent.includes("13.0000")`, 10*time.Second)
+	pg.waitFor("the price index row", `document.querySelector("#pi-rows").textContent.includes("13.0000")`, 10*time.Second)
 }

@@ -244,7 +244,6 @@ func TestHealthReadyMetrics(t *testing.T) {
 	e := newEnv(t)
 	e.must(200, "GET", "/healthz", "", nil)
 	e.must(200, "GET", "/readyz", "", nil)
-	e.must(200, "GET", "/api/v1/resource-classes", "", nil)
 	rc := e.must(200, "GET", "/api/v1/resource-classes", "", nil).Body["resource_classes"].([]any)
 	found := map[string]bool{}
 	for _, c := range rc {

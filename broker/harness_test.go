@@ -34,28 +34,31 @@ type env struct {
 	env map[string]string
 }
 
-// startInProcess serves a brokerd inside the test process.
+// startInProcess serves a brokerd inside the test process until the test
+// ends.
 func startInProcess(t *testing.T, e *env) string {
 	t.Helper()
+	url, stop := startStoppable(t, e)
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	return url
+}
+
+// startStoppable serves a brokerd in the test process that the test stops
+// itself: stop cancels it and returns what Run returned. e.env overrides
+// its environment.
+func startStoppable(t *testing.T, e *env) (url string, stop func() error) {
+	t.Helper()
+	defaults := map[string]string{"BROKER_LISTEN": "127.0.0.1:0", "REDIS_URL": e.redis, "CLICKHOUSE_URL": e.ch,
+		"BROKER_ADMIN_TOKEN": adminToken, "BROKER_VAR_DIR": t.TempDir(), "BROKER_RATE_LIMIT": "1000:5000"}
 	cfg, err := broker.ConfigFromEnv(func(k string) string {
 		if v, ok := e.env[k]; ok {
 			return v
 		}
-		switch k {
-		case "BROKER_LISTEN":
-			return "127.0.0.1:0"
-		case "REDIS_URL":
-			return e.redis
-		case "CLICKHOUSE_URL":
-			return e.ch
-		case "BROKER_ADMIN_TOKEN":
-			return adminToken
-		case "BROKER_VAR_DIR":
-			return t.TempDir()
-		case "BROKER_RATE_LIMIT":
-			return "1000:5000"
-		}
-		return ""
+		return defaults[k]
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -75,38 +78,6 @@ func startInProcess(t *testing.T, e *env) string {
 		cancel()
 		t.Fatal("brokerd did not start in 90s")
 	}
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			t.Error("brokerd did not stop in 30s")
-		}
-	})
-	return "http://" + m.Addr()
-}
-
-// startStoppable serves a brokerd in the test process that the test stops
-// itself: stop cancels it and returns what Run returned.
-func startStoppable(t *testing.T, e *env) (url string, stop func() error) {
-	t.Helper()
-	cfg, err := broker.ConfigFromEnv(func(k string) string {
-		return map[string]string{"BROKER_LISTEN": "127.0.0.1:0", "REDIS_URL": e.redis, "CLICKHOUSE_URL": e.ch,
-			"BROKER_ADMIN_TOKEN": adminToken, "BROKER_VAR_DIR": t.TempDir()}[k]
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := broker.NewMain(cfg)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	select {
-	case <-m.Ready():
-	case err := <-done:
-		cancel()
-		t.Fatalf("brokerd did not start: %v", err)
-	}
 	return "http://" + m.Addr(), func() error {
 		cancel()
 		select {
@@ -119,9 +90,6 @@ func startStoppable(t *testing.T, e *env) (url string, stop func() error) {
 }
 
 func newEnvClient() *http.Client { return &http.Client{Timeout: 30 * time.Second} }
-
-func testsvcRedis(t *testing.T) string      { return testsvc.Redis(t) }
-func testsvcClickHouse(t *testing.T) string { return testsvc.ClickHouse(t) }
 
 func newEnv(t *testing.T) *env {
 	t.Helper()

@@ -3,12 +3,14 @@ package broker_test
 import (
 	"strconv"
 	"testing"
+
+	"computebroker/internal/testsvc"
 )
 
 // TestRateLimits: past the bucket, calls get 429 rate_limited with
 // Retry-After; the per-token bucket is the token's own.
 func TestRateLimits(t *testing.T) {
-	e := &env{t: t, client: newEnvClient(), redis: testsvcRedis(t), ch: testsvcClickHouse(t),
+	e := &env{t: t, client: newEnvClient(), redis: testsvc.Redis(t), ch: testsvc.ClickHouse(t),
 		env: map[string]string{"BROKER_ANON_RATE_LIMIT": "1:10", "BROKER_RATE_LIMIT": "1:20"}}
 	e.urls = append(e.urls, startInProcess(t, e))
 

@@ -3,6 +3,8 @@ package broker_test
 import (
 	"testing"
 	"time"
+
+	"computebroker/internal/testsvc"
 )
 
 // TestBooksAndRestingJobsRebuiltAtStart: a brokerd that starts after the
@@ -10,7 +12,7 @@ import (
 // engine from Redis: with the first brokerd gone, it quotes the offers and
 // fills the resting job on a price cut.
 func TestBooksAndRestingJobsRebuiltAtStart(t *testing.T) {
-	e := &env{t: t, client: newEnvClient(), redis: testsvcRedis(t), ch: testsvcClickHouse(t)}
+	e := &env{t: t, client: newEnvClient(), redis: testsvc.Redis(t), ch: testsvc.ClickHouse(t)}
 	url, stop := startStoppable(t, e)
 	e.urls = []string{url}
 

@@ -4,13 +4,15 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"computebroker/internal/testsvc"
 )
 
 // TestSubsidyGuardUsesMarketReference: once the market has unsubsidised
 // trades, an offer listed more than 25% above their VWAP gets no voucher,
 // even though it never moved from its own list price.
 func TestSubsidyGuardUsesMarketReference(t *testing.T) {
-	e := &env{t: t, client: newEnvClient(), redis: testsvcRedis(t), ch: testsvcClickHouse(t),
+	e := &env{t: t, client: newEnvClient(), redis: testsvc.Redis(t), ch: testsvc.ClickHouse(t),
 		env: map[string]string{"BROKER_REFERENCE_REFRESH": "200ms"}}
 	e.urls = append(e.urls, startInProcess(t, e))
 	reg := e.account("regulator", "R", nil)

@@ -5,12 +5,13 @@ import (
 	"testing"
 
 	"computebroker/history"
+	"computebroker/internal/testsvc"
 )
 
 // TestShutdownFlushesHistory: a brokerd stopped right after an order drains
 // the request and stores the pending trade in ClickHouse before it exits.
 func TestShutdownFlushesHistory(t *testing.T) {
-	e := &env{t: t, client: newEnvClient(), redis: testsvcRedis(t), ch: testsvcClickHouse(t)}
+	e := &env{t: t, client: newEnvClient(), redis: testsvc.Redis(t), ch: testsvc.ClickHouse(t)}
 	url, stop := startStoppable(t, e)
 	e.urls = []string{url}
 
