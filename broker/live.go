@@ -17,7 +17,7 @@ import (
 // change and trade streams that keep them current.
 type LiveStore interface {
 	LoadMarket(ctx context.Context, m market.MarketKey) (catalog.MarketState, error)
-	Follow(ctx context.Context, positions map[market.MarketKey]string, block time.Duration, apply func([]catalog.Change)) error
+	Follow(ctx context.Context, states []catalog.MarketState, block time.Duration, apply func([]catalog.Change)) error
 	FollowTrades(ctx context.Context, markets []market.MarketKey, block time.Duration, apply func([]market.Trade)) error
 	Offer(ctx context.Context, id string) (market.Offer, error)
 	Account(ctx context.Context, id string) (market.Account, error)
@@ -80,13 +80,13 @@ func (l *Live) Markets() []market.MarketKey { return l.markets }
 // Start loads every market into the books and follows the streams until ctx
 // ends.
 func (l *Live) Start(ctx context.Context) error {
-	positions := make(map[market.MarketKey]string, len(l.markets))
+	states := make([]catalog.MarketState, 0, len(l.markets))
 	for _, m := range l.markets {
 		st, err := l.store.LoadMarket(ctx, m)
 		if err != nil {
 			return err
 		}
-		positions[m] = st.Position
+		states = append(states, st)
 		for _, o := range st.Offers {
 			if err := l.upsert(ctx, o); err != nil {
 				return err
@@ -97,7 +97,7 @@ func (l *Live) Start(ctx context.Context) error {
 		return err
 	}
 	go func() {
-		_ = l.store.Follow(ctx, positions, time.Second, func(cs []catalog.Change) { l.apply(ctx, cs) })
+		_ = l.store.Follow(ctx, states, time.Second, func(cs []catalog.Change) { l.apply(ctx, cs) })
 	}()
 	go func() {
 		_ = l.store.FollowTrades(ctx, l.markets, time.Second, l.trades)

@@ -332,6 +332,11 @@ func (s streamSource) Read(ctx context.Context, max int) ([]history.Message, err
 	out := make([]history.Message, len(es))
 	for i, e := range es {
 		out[i] = history.Message{ID: e.ID, Stream: e.Stream, Kind: e.Kind, Value: e.Value}
+		if e.Kind == catalog.StreamKindTicks {
+			// A malformed batch stays without ticks: the writer takes it
+			// for poison.
+			out[i].Ticks, _ = catalog.DecodeTicks(e.Value)
+		}
 	}
 	return out, nil
 }

@@ -366,39 +366,71 @@ type OfferPatch struct {
 	Units *int64
 }
 
-// UpdateOffer changes the price and/or units of the caller's offer. The REST
-// PATCH and the provider stream share this path.
+// UpdateOffer changes the price and/or units of the caller's offer and
+// returns the offer: the REST PATCH. It and SubmitOfferUpdate (the provider
+// stream) check the same way and commit through the same group commit.
 func (s *Service) UpdateOffer(ctx context.Context, caller market.Account, id string, p OfferPatch) (market.Offer, error) {
-	if err := requireRole(caller, market.RoleProvider); err != nil {
+	u, err := s.offerUpdate(caller, id, p)
+	if err != nil {
 		return market.Offer{}, err
-	}
-	if p.Price == nil && p.Units == nil {
-		return market.Offer{}, market.Invalid("give price and/or units")
-	}
-	u := catalog.OfferUpdate{ID: id, ProviderID: caller.ID, Now: s.now()}
-	if p.Price != nil {
-		price, err := market.ParsePrice("price", *p.Price)
-		if err != nil {
-			return market.Offer{}, err
-		}
-		u.Price = &price
-	}
-	if p.Units != nil {
-		if err := validUnits("units", *p.Units); err != nil {
-			return market.Offer{}, err
-		}
-		u.Units = p.Units
 	}
 	o, err := s.offers.UpdateOffer(ctx, u)
 	if err == nil && caller.Approved() && s.live != nil {
-		// Queue the change for this brokerd's book without waiting for it:
-		// price streams are the hot path, and a quote a moment stale is safe
-		// (the commit point re-checks the price).
+		// Queue the change for this brokerd's book without waiting for it
+		// (the change stream brings it too; versions make it once): a
+		// quote a moment stale is safe, the commit point re-checks the price.
 		if err := s.live.Apply(ctx, o); err != nil {
 			s.log.Warn("apply offer change to book", "offer", o.ID, "err", err)
 		}
 	}
 	return o, err
+}
+
+// SubmitOfferUpdate checks a change to the caller's offer and queues it for
+// the next group commit, without waiting: a bad change fails at once, and
+// otherwise done gets the new version or the reason it was refused. done
+// runs on the commit's goroutine and must not block. Changes one caller
+// submits are committed, and answered, in order. This brokerd's book
+// follows from the change stream.
+func (s *Service) SubmitOfferUpdate(caller market.Account, id string, p OfferPatch, done func(version int64, err error)) error {
+	u, err := s.offerUpdate(caller, id, p)
+	if err != nil {
+		return err
+	}
+	u.Full = false
+	s.offers.SubmitUpdate(u, func(r catalog.UpdateResult) { done(r.Version, r.Err) })
+	return nil
+}
+
+// offerUpdate checks a provider's change to an offer.
+func (s *Service) offerUpdate(caller market.Account, id string, p OfferPatch) (catalog.OfferUpdate, error) {
+	if err := requireRole(caller, market.RoleProvider); err != nil {
+		return catalog.OfferUpdate{}, err
+	}
+	if p.Price == nil && p.Units == nil {
+		return catalog.OfferUpdate{}, market.Invalid("give price and/or units")
+	}
+	if id == "" {
+		return catalog.OfferUpdate{}, market.Invalid("offer_id is required")
+	}
+	u := catalog.OfferUpdate{ID: id, ProviderID: caller.ID, Now: s.now()}
+	if p.Price != nil {
+		price, err := market.ParsePrice("price", *p.Price)
+		if err != nil {
+			return u, err
+		}
+		if _, ok := market.PriceTicks(price); !ok {
+			return u, market.Invalid("price %s cannot be represented", price)
+		}
+		u.Price = &price
+	}
+	if p.Units != nil {
+		if err := validUnits("units", *p.Units); err != nil {
+			return u, err
+		}
+		u.Units = p.Units
+	}
+	return u, nil
 }
 
 // DeleteOffer withdraws the caller's offer.

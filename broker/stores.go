@@ -25,6 +25,9 @@ type OfferStore interface {
 	SetProviderStatus(ctx context.Context, id string, status market.ProviderStatus, now time.Time) (market.Account, error)
 	CreateOffer(ctx context.Context, n catalog.NewOffer) (market.Offer, error)
 	UpdateOffer(ctx context.Context, u catalog.OfferUpdate) (market.Offer, error)
+	// SubmitUpdate queues an update for the next group commit and calls
+	// done with its result; see catalog.Store.SubmitUpdate.
+	SubmitUpdate(u catalog.OfferUpdate, done func(catalog.UpdateResult))
 	DeleteOffer(ctx context.Context, id, providerID string, now time.Time) error
 	Offer(ctx context.Context, id string) (market.Offer, error)
 	ListOffers(ctx context.Context, f catalog.OfferFilter) ([]market.Offer, string, error)

@@ -52,10 +52,18 @@ type providerConn struct {
 	ws     *websocket.Conn
 	token  string
 	caller atomic.Pointer[market.Account]
-	out    chan []byte   // frames for the writer; bounded
 	done   chan struct{} // closed when the connection ends
-	ctx    context.Context
-	cancel context.CancelFunc
+
+	// replies holds the frames owed to the client in the order of its
+	// messages: a command's reply is placed when the command is read and
+	// filled when its commit answers; leases are placed filled. The writer
+	// sends the filled prefix, many frames per write.
+	rmu     sync.Mutex
+	replies []*reply
+	wake    chan struct{} // to the writer: a reply was filled (cap 1)
+	space   chan struct{} // to the reader: replies were sent (cap 1)
+	ctx     context.Context
+	cancel  context.CancelFunc
 
 	endOnce   sync.Once
 	abortOnce sync.Once
@@ -85,11 +93,19 @@ type providerLease struct {
 	Lease leaseView `json:"lease"`
 }
 
-// serveProvider runs on the hijacked connection's goroutine: it reads and
-// executes commands one at a time, in order, until the client goes or
-// abuses the connection.
+// reply is one frame owed to the client; frame is set once ready.
+type reply struct {
+	frame []byte
+	ready bool
+}
+
+// serveProvider runs on the hijacked connection's goroutine: it reads
+// commands in order, checks each and hands it to the group commit without
+// waiting for it, until the client goes or abuses the connection. Replies
+// go out in the order of the commands (see replies).
 func (s *Streams) serveProvider(ws *websocket.Conn, who market.Account, token string) {
-	pc := &providerConn{s: s, ws: ws, token: token, out: make(chan []byte, s.cfg.ProviderQueue), done: make(chan struct{})}
+	pc := &providerConn{s: s, ws: ws, token: token, done: make(chan struct{}),
+		wake: make(chan struct{}, 1), space: make(chan struct{}, 1)}
 	pc.caller.Store(&who)
 	pc.ctx, pc.cancel = context.WithCancel(context.Background())
 	id := s.conns.add(pc)
@@ -124,8 +140,10 @@ func (s *Streams) serveProvider(ws *websocket.Conn, who market.Account, token st
 	ws.SetPongHandler(func(string) error { return alive() })
 	bucket := tokenBucket{rate: s.cfg.ProviderRate.PerSecond, burst: s.cfg.ProviderRate.Burst}
 
+	var msg []byte
 	for {
-		_, msg, err := ws.ReadMessage()
+		var err error
+		msg, err = readMessage(ws, msg[:0])
 		if err != nil {
 			if errors.Is(err, websocket.ErrReadLimit) {
 				// The library has sent 1009 (message too big).
@@ -139,10 +157,15 @@ func (s *Streams) serveProvider(ws *websocket.Conn, who market.Account, token st
 			pc.abort(websocket.ClosePolicyViolation, "rate limit exceeded: "+strconv.FormatFloat(bucket.rate, 'f', -1, 64)+" messages/s")
 			break
 		}
-		if !pc.send(pc.execute(msg)) {
+		r, ok := pc.place()
+		if !ok {
+			if pc.ended() {
+				break
+			}
 			pc.abort(websocket.ClosePolicyViolation, "outbound queue full: read the replies")
 			break
 		}
+		pc.execute(msg, r)
 	}
 	pc.end()
 	pc.mu.Lock()
@@ -152,44 +175,75 @@ func (s *Streams) serveProvider(ws *websocket.Conn, who market.Account, token st
 	<-writerDone
 }
 
-// execute runs one command and returns the reply frame.
-func (pc *providerConn) execute(msg []byte) []byte {
+// execute checks one command and submits it; r gets its reply, at once for
+// a bad command, or when the commit answers.
+func (pc *providerConn) execute(msg []byte, r *reply) {
 	var cmd providerCommand
 	if err := decodeCommand(msg, &cmd); err != nil {
-		return pc.errorFrame(refOf(msg), err)
+		pc.fill(r, pc.errorFrame(refOf(msg), err))
+		return
 	}
 	ref := *cmd.Ref
 	var patch OfferPatch
 	switch cmd.Type {
 	case "price":
 		if cmd.Price == nil || cmd.Units != nil {
-			return pc.errorFrame(ref, market.Invalid("a price message has offer_id and price, and no units"))
+			pc.fill(r, pc.errorFrame(ref, market.Invalid("a price message has offer_id and price, and no units")))
+			return
 		}
 		patch.Price = cmd.Price
 	case "units":
 		if cmd.Units == nil || cmd.Price != nil {
-			return pc.errorFrame(ref, market.Invalid("a units message has offer_id and units, and no price"))
+			pc.fill(r, pc.errorFrame(ref, market.Invalid("a units message has offer_id and units, and no price")))
+			return
 		}
 		patch.Units = cmd.Units
 	default:
-		return pc.errorFrame(ref, market.Invalid("unknown message type %q: want price or units", cmd.Type))
+		pc.fill(r, pc.errorFrame(ref, market.Invalid("unknown message type %q: want price or units", cmd.Type)))
+		return
 	}
 	if cmd.OfferID == "" {
-		return pc.errorFrame(ref, market.Invalid("offer_id is required"))
+		pc.fill(r, pc.errorFrame(ref, market.Invalid("offer_id is required")))
+		return
 	}
-	ctx, cancel := context.WithTimeout(pc.ctx, pc.s.cfg.CommandTimeout)
-	o, err := pc.s.svc.UpdateOffer(ctx, *pc.caller.Load(), cmd.OfferID, patch)
-	cancel()
+	err := pc.s.svc.SubmitOfferUpdate(*pc.caller.Load(), cmd.OfferID, patch, func(version int64, err error) {
+		if err != nil {
+			pc.fill(r, pc.errorFrame(ref, err))
+			return
+		}
+		pc.s.acks.Add(1)
+		b := make([]byte, 0, 40+len(ref))
+		b = append(b, `{"type":"ack","ref":`...)
+		b = hub.AppendJSONString(b, ref)
+		b = append(b, `,"version":`...)
+		b = strconv.AppendInt(b, version, 10)
+		pc.fill(r, append(b, '}'))
+	})
 	if err != nil {
-		return pc.errorFrame(ref, err)
+		pc.fill(r, pc.errorFrame(ref, err))
 	}
-	pc.s.acks.Add(1)
-	b := make([]byte, 0, 40+len(ref))
-	b = append(b, `{"type":"ack","ref":`...)
-	b = hub.AppendJSONString(b, ref)
-	b = append(b, `,"version":`...)
-	b = strconv.AppendInt(b, o.Version, 10)
-	return append(b, '}')
+}
+
+// readMessage reads the next data message into buf (reused between
+// messages).
+func readMessage(ws *websocket.Conn, buf []byte) ([]byte, error) {
+	_, rd, err := ws.NextReader()
+	if err != nil {
+		return buf, err
+	}
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := rd.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
 }
 
 // decodeCommand reads one JSON object strictly, as the REST API reads
@@ -239,44 +293,148 @@ func (pc *providerConn) errorFrame(ref string, err error) []byte {
 	return b
 }
 
-// send queues a frame for the writer without blocking; false means the
-// queue is full (or the connection has ended).
-func (pc *providerConn) send(b []byte) bool {
+// place reserves the next reply for a command. When the client has
+// ProviderQueue replies outstanding it waits, up to WriteTimeout, for the
+// writer to send some; false means they were not sent in that time (the
+// client does not read) or the connection ended.
+func (pc *providerConn) place() (*reply, bool) {
+	var timer *time.Timer
+	for {
+		pc.rmu.Lock()
+		if len(pc.replies) < pc.s.cfg.ProviderQueue {
+			r := &reply{}
+			pc.replies = append(pc.replies, r)
+			pc.rmu.Unlock()
+			if timer != nil {
+				timer.Stop()
+			}
+			return r, true
+		}
+		pc.rmu.Unlock()
+		if timer == nil {
+			timer = time.NewTimer(pc.s.cfg.WriteTimeout)
+		}
+		select {
+		case <-pc.space:
+		case <-pc.done:
+			timer.Stop()
+			return nil, false
+		case <-timer.C:
+			return nil, false
+		}
+	}
+}
+
+// fill sets a placed reply's frame and wakes the writer.
+func (pc *providerConn) fill(r *reply, frame []byte) {
+	pc.rmu.Lock()
+	r.frame, r.ready = frame, true
+	pc.rmu.Unlock()
 	select {
-	case <-pc.done:
-		return false
+	case pc.wake <- struct{}{}:
 	default:
 	}
+}
+
+// send queues a ready frame (a lease) without blocking; false means the
+// client already has twice ProviderQueue replies outstanding (or the
+// connection has ended).
+func (pc *providerConn) send(b []byte) bool {
+	if pc.ended() {
+		return false
+	}
+	pc.rmu.Lock()
+	if len(pc.replies) >= 2*pc.s.cfg.ProviderQueue {
+		pc.rmu.Unlock()
+		return false
+	}
+	pc.replies = append(pc.replies, &reply{frame: b, ready: true})
+	pc.rmu.Unlock()
 	select {
-	case pc.out <- b:
+	case pc.wake <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+func (pc *providerConn) ended() bool {
+	select {
+	case <-pc.done:
 		return true
 	default:
 		return false
 	}
 }
 
-// writeLoop is the connection's one writer: queued frames and pings.
+// writeLoop is the connection's writer: the ready replies, in order, as
+// many WebSocket frames in one write as are ready; and pings.
+//
+// It writes the frames itself on the underlying connection rather than
+// through the WebSocket library, which writes each message with its own
+// system call. That is safe beside the library's own writes (pings here,
+// close frames, pongs from the read loop): each side writes whole frames
+// with one Write, and a net.Conn serialises Writes.
 func (pc *providerConn) writeLoop() {
 	ping := time.NewTicker(pc.s.cfg.PingInterval)
 	defer ping.Stop()
 	ws, timeout := pc.ws, pc.s.cfg.WriteTimeout
+	conn := ws.UnderlyingConn()
+	var buf []byte
 	for {
 		select {
-		case b := <-pc.out:
-			_ = ws.SetWriteDeadline(time.Now().Add(timeout))
-			if err := ws.WriteMessage(websocket.TextMessage, b); err != nil {
-				_ = ws.Close() // ends the read loop
-				return
-			}
+		case <-pc.wake:
 		case <-ping.C:
 			if err := ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(timeout)); err != nil {
 				_ = ws.Close()
 				return
 			}
+			continue
 		case <-pc.done:
 			return
 		}
+		for {
+			buf = buf[:0]
+			pc.rmu.Lock()
+			n := 0
+			for n < len(pc.replies) && pc.replies[n].ready && len(buf) < 64<<10 {
+				buf = appendTextFrame(buf, pc.replies[n].frame)
+				n++
+			}
+			rest := copy(pc.replies, pc.replies[n:])
+			clear(pc.replies[rest:])
+			pc.replies = pc.replies[:rest]
+			pc.rmu.Unlock()
+			if n == 0 {
+				break
+			}
+			select {
+			case pc.space <- struct{}{}:
+			default:
+			}
+			_ = conn.SetWriteDeadline(time.Now().Add(timeout))
+			if _, err := conn.Write(buf); err != nil {
+				_ = ws.Close() // ends the read loop
+				return
+			}
+		}
+		if cap(buf) > 256<<10 {
+			buf = nil
+		}
 	}
+}
+
+// appendTextFrame appends a final, unmasked WebSocket text frame (a server
+// frame, RFC 6455 §5.2) holding payload.
+func appendTextFrame(dst, payload []byte) []byte {
+	switch n := len(payload); {
+	case n < 126:
+		dst = append(dst, 0x81, byte(n))
+	case n <= 0xFFFF:
+		dst = append(dst, 0x81, 126, byte(n>>8), byte(n))
+	default:
+		dst = append(dst, 0x81, 127, 0, 0, 0, 0, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	}
+	return append(dst, payload...)
 }
 
 // end stops the writer and the command context.

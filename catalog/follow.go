@@ -62,30 +62,81 @@ func (s *Store) LoadMarket(ctx context.Context, m market.MarketKey) (MarketState
 	return st, nil
 }
 
-// Follow reads the change streams of the markets from the positions given
-// (missing positions start after the newest entry) and calls apply with each
-// batch of changes, in stream order per market, until ctx ends. It blocks in
-// Redis for at most block between batches. A failing read is retried with
-// backoff; Follow returns only ctx's error.
-func (s *Store) Follow(ctx context.Context, positions map[market.MarketKey]string, block time.Duration, apply func([]Change)) error {
-	keys := make([]string, 0, len(positions))
-	from := make([]string, 0, len(positions))
-	byKey := make(map[string]market.MarketKey, len(positions))
-	for m, pos := range positions {
-		k := ChangeStreamKey(m)
-		keys, from, byKey[k] = append(keys, k), append(from, pos), m
+// Follow reads the change streams of the markets from their states'
+// positions (an empty position starts after the newest entry) and calls
+// apply with each batch of changes, in stream order per market, until ctx
+// ends. Every Change it hands over holds the complete offer: it keeps the
+// offers of the states, and of the changes since, to complete each "delta"
+// line (a batched update carries only the fields that change), and reads an
+// offer it does not know, or whose version skips one, from Redis. It blocks
+// in Redis for at most block between batches. A failing read is retried
+// with backoff; Follow returns only ctx's error.
+func (s *Store) Follow(ctx context.Context, states []MarketState, block time.Duration, apply func([]Change)) error {
+	keys := make([]string, 0, len(states))
+	from := make([]string, 0, len(states))
+	byKey := make(map[string]market.MarketKey, len(states))
+	known := map[string]*market.Offer{}
+	for _, st := range states {
+		k := ChangeStreamKey(st.Market)
+		keys, from, byKey[k] = append(keys, k), append(from, st.Position), st.Market
+		for i := range st.Offers {
+			o := st.Offers[i]
+			known[o.ID] = &o
+		}
 	}
+	var batch []Change
 	return s.follow(ctx, keys, from, block, func(st redis.XStream) {
-		var batch []Change
+		batch = batch[:0]
+		m := byKey[st.Stream]
 		for _, msg := range st.Messages {
-			if c, ok := decodeChange(byKey[st.Stream], msg); ok {
-				batch = append(batch, c)
+			if t, _ := msg.Values["t"].(string); t == "delta" {
+				d, _ := msg.Values["d"].(string)
+				for _, dl := range decodeDeltas(d) {
+					if o, ok := s.completeDelta(ctx, known, m, dl); ok {
+						batch = append(batch, Change{StreamID: msg.ID, Market: m, Offer: o})
+					}
+				}
+				continue
 			}
+			c, ok := decodeChange(m, msg)
+			if !ok {
+				continue
+			}
+			if c.Remove {
+				delete(known, c.Offer.ID)
+			} else if cur := known[c.Offer.ID]; cur == nil || cur.Version <= c.Offer.Version {
+				o := c.Offer
+				known[o.ID] = &o
+			}
+			batch = append(batch, c)
 		}
 		if len(batch) > 0 {
 			apply(batch)
 		}
 	})
+}
+
+// completeDelta applies a delta line to the offer Follow knows and returns
+// the whole offer; ok is false when there is nothing to hand over (an old
+// version, or an offer that is gone).
+func (s *Store) completeDelta(ctx context.Context, known map[string]*market.Offer, m market.MarketKey, d Delta) (market.Offer, bool) {
+	cur := known[d.ID]
+	switch {
+	case cur != nil && d.Version <= cur.Version:
+		return market.Offer{}, false // already reflected
+	case cur != nil && d.Version == cur.Version+1:
+		cur.Version, cur.Price, cur.Units, cur.UnitsFree = d.Version, d.Price, d.Units, d.UnitsFree
+		cur.PriceAt, cur.UpdatedAt = d.PriceAt, d.UpdatedAt
+		return *cur, true
+	}
+	// Unknown, or a version was skipped: the offer in Redis is at least as
+	// new as the delta.
+	o, err := s.Offer(ctx, d.ID)
+	if err != nil || o.Status != market.OfferActive || o.Version < d.Version || o.Market() != m {
+		return market.Offer{}, false
+	}
+	known[o.ID] = &o
+	return o, true
 }
 
 // follow reads streams from positions ("" = after the newest entry) with one

@@ -7,9 +7,12 @@ import "computebroker/market"
 //
 //	{m:C:R}:offer:<id>     hash: the offer (see offerFields)
 //	{m:C:R}:index          zset: active offer ids scored by price ticks
-//	{m:C:R}:changes        stream: offer changes: "t" upsert + every field of the offer hash, or "t" remove, id, provider, version, updated_at
+//	{m:C:R}:changes        stream: offer changes: "t" upsert + every field of the offer hash,
+//	                       "t" delta + "d": a line per updated offer (see Delta), or
+//	                       "t" remove, id, provider, version, updated_at
 //	{m:C:R}:trades         stream: the market's durable history: trades, refunds and
-//	                       price ticks (field "k": kind, "v": JSON market.Trade or market.Tick)
+//	                       price ticks (field "k": kind, "v": JSON market.Trade or
+//	                       market.Tick, or a batch of ticks for kind "ticks")
 //	{m:C:R}:lease:<id>     hash: a lease
 //	{m:C:R}:olease:<order> string: lease id of an order (idempotency of the commit)
 //	offers:loc             hash: offer id -> "<class>:<region>"
@@ -43,5 +46,8 @@ func OrderLeaseKey(m market.MarketKey, orderID string) string {
 const (
 	StreamKindTrade  = "trade"  // v: market.Trade
 	StreamKindRefund = "refund" // v: market.Trade with the refunded amounts
-	StreamKindTick   = "tick"   // v: market.Tick, an accepted price (first listing or change)
+	StreamKindTick   = "tick"   // v: market.Tick, an accepted price (first listing)
+	// StreamKindTicks is a batch of accepted price changes of one market:
+	// v is "class\tregion", then a line per tick (see DecodeTicks).
+	StreamKindTicks = "ticks"
 )

@@ -47,43 +47,6 @@ end
 return h
 `)
 
-var updateScript = redis.NewScript(`
-local o = redis.call('HMGET', KEYS[1], 'provider', 'status', 'units', 'free', 'member', 'listed', 'price', 'id')
-if not o[1] then return redis.error_reply('not_found') end
-if o[1] ~= ARGV[1] then return redis.error_reply('forbidden') end
-if o[2] ~= 'active' then return redis.error_reply('not_found') end
-local units, free = tonumber(o[3]), tonumber(o[4])
-if ARGV[4] ~= '' then
-  local nu = tonumber(ARGV[4])
-  local leased = units - free
-  if nu < leased then return redis.error_reply('below_leased:' .. leased) end
-  units, free = nu, nu - leased
-  redis.call('HSET', KEYS[1], 'units', units, 'free', free)
-end
-local price = o[7]
-if ARGV[2] ~= '' then
-  price = ARGV[2]
-  redis.call('HSET', KEYS[1], 'price', price, 'price_at', ARGV[5], 'member', ARGV[3])
-  if o[6] == '1' then
-    redis.call('ZREM', KEYS[2], o[5])
-    redis.call('ZADD', KEYS[2], 0, ARGV[3])
-  end
-end
-local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
-redis.call('HSET', KEYS[1], 'updated_at', ARGV[5])
--- One read of the final state serves the change stream and the reply.
-local h = redis.call('HGETALL', KEYS[1])
-if o[6] == '1' then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 't', 'upsert', unpack(h))
-  if ARGV[2] ~= '' then
-    local c = redis.call('HMGET', KEYS[1], 'class', 'region')
-    redis.call('XADD', KEYS[4], '*', 'k', 'tick', 'v', cjson.encode({offer_id = o[8], provider_id = o[1],
-      resource_class = c[1], region = c[2], price = price, units_free = free, version = v, ts = ARGV[7]}))
-  end
-end
-return h
-`)
-
 var deleteScript = redis.NewScript(`
 local o = redis.call('HMGET', KEYS[1], 'provider', 'status', 'member', 'listed', 'id')
 if not o[1] or o[2] ~= 'active' then return redis.error_reply('not_found') end
@@ -174,33 +137,9 @@ type OfferUpdate struct {
 	Price      *decimal.Decimal
 	Units      *int64
 	Now        time.Time
-}
-
-// UpdateOffer changes an offer's price and/or units and bumps its version.
-// It fails with not_found, forbidden (another provider's offer) or conflict
-// (units below what is leased).
-func (s *Store) UpdateOffer(ctx context.Context, u OfferUpdate) (market.Offer, error) {
-	m, err := s.OfferMarket(ctx, u.ID)
-	if err != nil {
-		return market.Offer{}, err
-	}
-	price, member, units := "", "", ""
-	if u.Price != nil {
-		ticks, ok := market.PriceTicks(*u.Price)
-		if !ok {
-			return market.Offer{}, market.Invalid("price %s cannot be represented", u.Price)
-		}
-		price, member = u.Price.String(), indexMember(ticks, u.ID)
-	}
-	if u.Units != nil {
-		units = strconv.FormatInt(*u.Units, 10)
-	}
-	vals, err := updateScript.Run(ctx, s.rdb, []string{OfferKey(m, u.ID), IndexKey(m), ChangeStreamKey(m), TradeStreamKey(m)},
-		u.ProviderID, price, member, units, ms(u.Now), changeStreamMaxLen, rfc3339(u.Now)).StringSlice()
-	if err != nil {
-		return market.Offer{}, offerScriptError(u.ID, "update offer", err)
-	}
-	return decodeOffer(pairs(vals))
+	// Full asks for the whole offer after the update in the result (the
+	// REST answer); without it only the new version comes back.
+	Full bool
 }
 
 // DeleteOffer withdraws an offer; leases already made stand.

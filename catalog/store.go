@@ -20,6 +20,8 @@ type Store struct {
 	// locs caches offer id → market: an offer never changes market, so the
 	// lookup costs one Redis round trip per offer and process, not per update.
 	locs sync.Map
+	// batchers group-commit offer updates (batch.go).
+	batchers [batchShards]batcher
 }
 
 // New returns a Store over rdb.

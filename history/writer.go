@@ -17,6 +17,8 @@ const (
 	KindTrade  = "trade"
 	KindRefund = "refund"
 	KindTick   = "tick"
+	// KindTicks is a batch of price ticks in one message (Message.Ticks).
+	KindTicks = "ticks"
 )
 
 // Message is one entry of a Source: a trade, a refund or a price tick.
@@ -31,6 +33,9 @@ type Message struct {
 	Value  []byte
 	Trade  *market.Trade
 	Tick   *market.Tick
+	// Ticks is a batch of price ticks (kind KindTicks), decoded by the
+	// Source: its encoding is the Source's.
+	Ticks []market.Tick
 }
 
 // Source is where the Writer reads from: in the broker, the market trade
@@ -47,7 +52,9 @@ type Source interface {
 
 // WriterOptions tune a Writer. Zero values take the defaults.
 type WriterOptions struct {
-	// BatchSize is the most messages one insert carries (default 10000).
+	// BatchSize is the most rows one insert carries (default 10000): a
+	// message is one row, a KindTicks message one per tick. Reads are sized
+	// by the rows per message seen so far, so a batch may overshoot a little.
 	BatchSize int
 	// FlushInterval is the longest a message waits for its batch to fill
 	// (default 1s).
@@ -97,6 +104,8 @@ type Writer struct {
 
 	// The batch, owned by the goroutine in Run.
 	batch   []held
+	rows    int     // rows held in batch
+	perMsg  float64 // rows per message of the last read, ≥ 1
 	seen    map[msgKey]bool
 	stored  [3]bool // trades, refunds, ticks of the batch are in ClickHouse
 	dups    int64   // duplicates found while storing the batch
@@ -164,7 +173,7 @@ func (w *Writer) Run(ctx context.Context) error {
 			return w.shutdown(ctx)
 		}
 		n := len(w.batch)
-		if n >= w.opts.BatchSize || (n > 0 && w.opts.Now().Sub(w.oldest) >= w.opts.FlushInterval) {
+		if w.rows >= w.opts.BatchSize || (n > 0 && w.opts.Now().Sub(w.oldest) >= w.opts.FlushInterval) {
 			if err := w.flush(ctx); err != nil {
 				if ctx.Err() != nil {
 					continue
@@ -176,7 +185,7 @@ func (w *Writer) Run(ctx context.Context) error {
 			}
 			continue
 		}
-		msgs, err := w.src.Read(ctx, w.opts.BatchSize-n)
+		msgs, err := w.src.Read(ctx, w.want())
 		w.add(msgs)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -198,12 +207,12 @@ func (w *Writer) shutdown(ctx context.Context) error {
 	defer cancel()
 	w.backoff = 0
 	for fctx.Err() == nil {
-		if len(w.batch) >= w.opts.BatchSize {
+		if w.rows >= w.opts.BatchSize {
 			if err := w.flush(fctx); err != nil {
 				break
 			}
 		}
-		msgs, err := w.src.Read(fctx, w.opts.BatchSize-len(w.batch))
+		msgs, err := w.src.Read(fctx, w.want())
 		w.add(msgs)
 		if err != nil || len(msgs) == 0 {
 			break
@@ -226,6 +235,16 @@ func (w *Writer) shutdown(ctx context.Context) error {
 	}
 }
 
+// want is how many messages to read next: about the rows left to fill the
+// batch, at least one.
+func (w *Writer) want() int {
+	left := float64(w.opts.BatchSize - w.rows)
+	return max(1, int(left/max(1, w.perMsg)))
+}
+
+// rowsOf is how many rows a message stores.
+func rowsOf(m *Message) int { return max(1, len(m.Ticks)) }
+
 // add decodes msgs into the batch. Messages already held (the same entry
 // delivered twice, e.g. reclaimed) are dropped; they are acknowledged with
 // the first copy.
@@ -238,6 +257,7 @@ func (w *Writer) add(msgs []Message) {
 		w.oldest = now
 	}
 	lag := now
+	rows := 0
 	for _, m := range msgs {
 		if m.ID != "" {
 			k := msgKey{m.Stream, m.ID}
@@ -256,7 +276,10 @@ func (w *Writer) add(msgs []Message) {
 			lag = ts
 		}
 		w.batch = append(w.batch, h)
+		rows += rowsOf(&h.msg)
 	}
+	w.rows += rows
+	w.perMsg = float64(rows) / float64(len(msgs))
 	w.mu.Lock()
 	if w.stats.Pending == 0 || lag.Before(w.lagAt) {
 		w.lagAt = lag
@@ -278,6 +301,16 @@ func decode(m *Message) error {
 			m.Trade = &t
 		}
 		return checkTrade(m.Trade)
+	case KindTicks:
+		if len(m.Ticks) == 0 {
+			return fmt.Errorf("ticks message without ticks")
+		}
+		for i := range m.Ticks {
+			if err := checkTick(&m.Ticks[i]); err != nil {
+				return err
+			}
+		}
+		return nil
 	case KindTick:
 		if m.Tick == nil {
 			var t market.Tick
@@ -298,6 +331,8 @@ func eventTime(m *Message) time.Time {
 		return m.Trade.TS
 	case m.Tick != nil:
 		return m.Tick.TS
+	case len(m.Ticks) > 0:
+		return m.Ticks[0].TS
 	}
 	return time.Time{}
 }
@@ -321,6 +356,8 @@ func (w *Writer) flush(ctx context.Context) error {
 			refunds = append(refunds, *h.msg.Trade)
 		case h.msg.Kind == KindTick:
 			ticks = append(ticks, *h.msg.Tick)
+		case h.msg.Kind == KindTicks:
+			ticks = append(ticks, h.msg.Ticks...)
 		}
 	}
 	if !w.stored[0] && len(trades) > 0 {
@@ -364,6 +401,7 @@ func (w *Writer) flush(ctx context.Context) error {
 
 	clear(w.batch) // drop references to the decoded values
 	w.batch = w.batch[:0]
+	w.rows = 0
 	clear(w.seen)
 	w.stored = [3]bool{}
 	w.dups = 0

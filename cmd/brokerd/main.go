@@ -30,6 +30,10 @@ func main() {
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	slog.SetDefault(log)
 	cfg.Logger = log
+	if err := startDebug(); err != nil {
+		fmt.Fprintln(os.Stderr, "brokerd:", err)
+		os.Exit(2)
+	}
 	cfg.Frontend = frontend.FS()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -1,0 +1,324 @@
+package catalog
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/shopspring/decimal"
+
+	"computebroker/internal/testsvc"
+	"computebroker/market"
+)
+
+func testStore(t *testing.T) *Store {
+	t.Helper()
+	opt, err := redis.ParseURL(testsvc.Redis(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(opt)
+	t.Cleanup(func() { rdb.Close() })
+	return New(rdb)
+}
+
+func mustCreate(t *testing.T, s *Store, id, prov string, m market.MarketKey, units int64, price string, listed bool) {
+	t.Helper()
+	_, err := s.CreateOffer(context.Background(), NewOffer{ID: id, ProviderID: prov, Market: m, Units: units,
+		Price: decimal.RequireFromString(price), MaxHours: 720, Listed: listed, Now: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func ptrPrice(s string) *decimal.Decimal { d := decimal.RequireFromString(s); return &d }
+
+// TestUpdateOffersBatch: one batch over two markets applies each update on
+// its own and in order; refused updates change nothing and do not stop the
+// others; the change streams get one delta entry per market and the trade
+// streams one ticks entry per market with every price change.
+func TestUpdateOffersBatch(t *testing.T) {
+	ctx := context.Background()
+	s := testStore(t)
+	m1 := market.MarketKey{Class: "gpu.h100-80g", Region: "cn-east"}
+	m2 := market.MarketKey{Class: "cpu.standard", Region: "cn-north"}
+	mustCreate(t, s, "a", "p1", m1, 16, "20.00", true)
+	mustCreate(t, s, "b", "p1", m2, 64, "0.30", true)
+	mustCreate(t, s, "c", "p2", m1, 8, "18.00", false) // provider not approved: not listed
+	pos1, _ := s.lastID(ctx, ChangeStreamKey(m1))
+	pos2, _ := s.lastID(ctx, ChangeStreamKey(m2))
+	tr1, _ := s.lastID(ctx, TradeStreamKey(m1))
+	a1 := offerAt(t, s, "a", 1)
+
+	units := int64(4)
+	big := int64(32)
+	res := s.UpdateOffers(ctx, []OfferUpdate{
+		{ID: "a", ProviderID: "p1", Price: ptrPrice("19.50")},
+		{ID: "b", ProviderID: "p1", Units: &big},
+		{ID: "a", ProviderID: "p2", Price: ptrPrice("1.00")},  // forbidden
+		{ID: "zz", ProviderID: "p1", Price: ptrPrice("1.00")}, // unknown
+		{ID: "a", ProviderID: "p1", Price: ptrPrice("19.25"), Full: true},
+		{ID: "c", ProviderID: "p2", Price: ptrPrice("17.00")},
+		{ID: "a", ProviderID: "p1", Units: &units},
+	})
+	wantErr := []market.Code{"", "", market.CodeForbidden, market.CodeNotFound, "", "", ""}
+	wantVersion := []int64{2, 2, 0, 0, 3, 2, 4}
+	for i, r := range res {
+		if got := market.ErrorCode(r.Err); r.Err != nil && got != wantErr[i] || r.Err == nil && wantErr[i] != "" {
+			t.Fatalf("update %d: err %v, want %s", i, r.Err, wantErr[i])
+		}
+		if r.Version != wantVersion[i] {
+			t.Fatalf("update %d: version %d, want %d", i, r.Version, wantVersion[i])
+		}
+	}
+	if o := res[4].Offer; o.ID != "a" || o.Version != 3 || o.Price.String() != "19.25" || o.UnitsFree != 16 {
+		t.Fatalf("full reply = %+v", o)
+	}
+	a, err := s.Offer(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Version != 4 || a.Price.String() != "19.25" || a.Units != 4 || a.UnitsFree != 4 {
+		t.Fatalf("offer a = %+v", a)
+	}
+	idx, _ := s.rdb.ZRange(ctx, IndexKey(m1), 0, -1).Result()
+	if len(idx) != 1 || idx[0] != indexMember(192500, "a") {
+		t.Fatalf("index of m1 = %v", idx) // c is not listed
+	}
+
+	// One delta entry per market, in order, with the listed offers only.
+	var changes []Change
+	follow(t, s, []MarketState{{Market: m1, Position: pos1, Offers: []market.Offer{a1}}, {Market: m2, Position: pos2}}, func(cs []Change) bool {
+		changes = append(changes, cs...)
+		return len(changes) >= 4
+	})
+	var got []string
+	for _, c := range changes {
+		got = append(got, fmt.Sprintf("%s v%d %s %d/%d", c.Offer.ID, c.Offer.Version, c.Offer.Price, c.Offer.UnitsFree, c.Offer.Units))
+		if c.Offer.ProviderID != "p1" || c.Offer.MaxHours != 720 || c.Offer.Status != market.OfferActive {
+			t.Errorf("change %s is not a complete offer: %+v", c, c.Offer)
+		}
+	}
+	want := map[string]bool{"a v2 19.5 16/16": true, "a v3 19.25 16/16": true, "a v4 19.25 4/4": true, "b v2 0.3 32/32": true}
+	if len(got) != 4 {
+		t.Fatalf("changes %v", got)
+	}
+	for _, g := range got {
+		if !want[g] {
+			t.Fatalf("changes %v, want %v", got, want)
+		}
+	}
+	n, _ := s.rdb.XLen(ctx, ChangeStreamKey(m1)).Result()
+	if n != 2 { // the create of a, then one delta entry
+		t.Fatalf("change stream of m1 has %d entries, want 2", n)
+	}
+
+	// The ticks: one entry for m1 with a's two price changes (c is not listed).
+	msgs, err := s.rdb.XRange(ctx, TradeStreamKey(m1), "("+tr1, "+").Result()
+	if err != nil || len(msgs) != 1 || msgs[0].Values["k"] != StreamKindTicks {
+		t.Fatalf("trade stream of m1 after the batch: %v %v", msgs, err)
+	}
+	ticks, err := DecodeTicks([]byte(msgs[0].Values["v"].(string)))
+	if err != nil || len(ticks) != 2 {
+		t.Fatalf("ticks %v %v", ticks, err)
+	}
+	if tk := ticks[1]; tk.OfferID != "a" || tk.ProviderID != "p1" || tk.ResourceClass != m1.Class || tk.Region != m1.Region ||
+		tk.Price.String() != "19.25" || tk.Version != 3 || tk.UnitsFree != 16 || tk.TS.IsZero() {
+		t.Fatalf("tick = %+v", tk)
+	}
+}
+
+func offerAt(t *testing.T, s *Store, id string, version int64) market.Offer {
+	o, err := s.Offer(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Version != version {
+		t.Fatalf("offer %s at version %d, want %d", id, o.Version, version)
+	}
+	return o
+}
+
+// follow runs Follow until done says so (or 10 s pass).
+func follow(t *testing.T, s *Store, states []MarketState, done func([]Change) bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	finished := false
+	_ = s.Follow(ctx, states, 50*time.Millisecond, func(cs []Change) {
+		mu.Lock()
+		defer mu.Unlock()
+		if !finished && done(cs) {
+			finished = true
+			cancel()
+		}
+	})
+	if !finished {
+		t.Fatal("follow: timed out")
+	}
+}
+
+// TestFollowCompletesDeltas: a follower that does not know an offer, or
+// missed a version of it, reads it from Redis; one that knows it completes
+// the delta itself; old deltas are not handed over again.
+func TestFollowCompletesDeltas(t *testing.T) {
+	ctx := context.Background()
+	s := testStore(t)
+	m := market.MarketKey{Class: "gpu.a800-80g", Region: "cn-south"}
+	mustCreate(t, s, "k", "p", m, 8, "10.00", true)
+	mustCreate(t, s, "u", "p", m, 8, "11.00", true)
+	known := offerAt(t, s, "k", 1)
+	pos, _ := s.lastID(ctx, ChangeStreamKey(m))
+	for _, p := range []string{"9.90", "9.80", "9.70"} {
+		for _, id := range []string{"k", "u"} {
+			if r := s.UpdateOffers(ctx, []OfferUpdate{{ID: id, ProviderID: "p", Price: ptrPrice(p)}}); r[0].Err != nil {
+				t.Fatal(r[0].Err)
+			}
+		}
+	}
+	stale := known
+	stale.Version = 0 // a follower whose copy is behind by more than one version
+	for _, tc := range []struct {
+		name  string
+		offer []market.Offer
+	}{{"knows k", []market.Offer{known}}, {"k behind", []market.Offer{stale}}, {"knows none", nil}} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []string
+			last := map[string]int64{}
+			follow(t, s, []MarketState{{Market: m, Position: pos, Offers: tc.offer}}, func(cs []Change) bool {
+				for _, c := range cs {
+					got = append(got, fmt.Sprintf("%s v%d %s", c.Offer.ID, c.Offer.Version, c.Offer.Price))
+					last[c.Offer.ID] = c.Offer.Version
+				}
+				return last["k"] == 4 && last["u"] == 4
+			})
+			// Every change of k in order when it is known; an offer read from
+			// Redis comes at its newest version, and its older deltas are
+			// then skipped.
+			var wantK []string
+			if tc.name == "knows k" {
+				wantK = []string{"k v2 9.9", "k v3 9.8", "k v4 9.7"}
+			} else {
+				wantK = []string{"k v4 9.7"}
+			}
+			var gotK, gotU []string
+			for _, g := range got {
+				if g[0] == 'k' {
+					gotK = append(gotK, g)
+				} else {
+					gotU = append(gotU, g)
+				}
+			}
+			if fmt.Sprint(gotK) != fmt.Sprint(wantK) || fmt.Sprint(gotU) != "[u v4 9.7]" {
+				t.Fatalf("changes %v", got)
+			}
+		})
+	}
+}
+
+// TestSubmitUpdateOrder: many callers submitting at once are group
+// committed; each caller's updates are answered in order, every version of
+// an offer is given once, and the offer ends at the last price sent.
+func TestSubmitUpdateOrder(t *testing.T) {
+	s := testStore(t)
+	m := market.MarketKey{Class: "gpu.l40s-48g", Region: "cn-west"}
+	const callers, each = 16, 200
+	for c := 0; c < callers; c++ {
+		mustCreate(t, s, fmt.Sprintf("o%d", c), "p", m, 8, "5.00", true)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, callers)
+	for c := 0; c < callers; c++ {
+		wg.Add(1)
+		go func(c int) {
+			defer wg.Done()
+			id := fmt.Sprintf("o%d", c)
+			results := make(chan UpdateResult, each)
+			for i := 0; i < each; i++ {
+				p := decimal.New(int64(500+i), -2)
+				s.SubmitUpdate(OfferUpdate{ID: id, ProviderID: "p", Price: &p, Now: time.Now()}, func(r UpdateResult) { results <- r })
+			}
+			for i := 0; i < each; i++ {
+				r := <-results
+				if r.Err != nil || r.Version != int64(i+2) {
+					errs <- fmt.Errorf("%s: answer %d: version %d err %v", id, i, r.Version, r.Err)
+					return
+				}
+			}
+		}(c)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	for c := 0; c < callers; c++ {
+		o := offerAt(t, s, fmt.Sprintf("o%d", c), each+1)
+		if o.Price.String() != decimal.New(int64(500+each-1), -2).String() {
+			t.Fatalf("offer o%d ends at %s", c, o.Price)
+		}
+	}
+	// Fewer entries than updates: the updates were committed in batches.
+	n, _ := s.rdb.XLen(context.Background(), ChangeStreamKey(m)).Result()
+	if n >= callers+callers*each {
+		t.Fatalf("%d change entries for %d updates: no batching", n, callers*each)
+	}
+}
+
+func TestDecodeTicksRejectsMalformed(t *testing.T) {
+	for _, v := range []string{
+		"", "gpu.x\n", "gpu.x\tcn\n", "gpu.x\tcn\na\tp\t1\t1.5\t3", "gpu.x\tcn\na\tp\tx\t1.5\t3\t1",
+		"gpu.x\tcn\na\tp\t1\tnan?\t3\t1", "gpu.x\tcn\na\tp\t1\t1.5\t3\t1\textra",
+	} {
+		if ticks, err := DecodeTicks([]byte(v)); err == nil {
+			t.Errorf("DecodeTicks(%q) = %v, want an error", v, ticks)
+		}
+	}
+	ticks, err := DecodeTicks([]byte("gpu.x\tcn\na\tp\t7\t1.5\t3\t1767225600000"))
+	if err != nil || len(ticks) != 1 || ticks[0].Version != 7 || ticks[0].TS.Year() != 2026 {
+		t.Fatalf("%v %v", ticks, err)
+	}
+}
+
+// BenchmarkUpdateOffers: batches of price changes over 256 offers in 32
+// markets, as the provider streams send them; ns/op is per update.
+func BenchmarkUpdateOffers(b *testing.B) {
+	for _, size := range []int{1, 16, 256} {
+		b.Run(fmt.Sprintf("batch%d", size), func(b *testing.B) {
+			opt, err := redis.ParseURL(testsvc.Redis(b))
+			if err != nil {
+				b.Fatal(err)
+			}
+			rdb := redis.NewClient(opt)
+			defer rdb.Close()
+			s := New(rdb)
+			ctx := context.Background()
+			const offers = 256
+			for i := 0; i < offers; i++ {
+				m := market.MarketKey{Class: fmt.Sprintf("gpu.c%d", i%8), Region: fmt.Sprintf("r%d", i/8%4)}
+				if _, err := s.CreateOffer(ctx, NewOffer{ID: fmt.Sprintf("o%d", i), ProviderID: "p", Market: m, Units: 8,
+					Price: decimal.New(int64(1000+i), -2), MaxHours: 720, Listed: true, Now: time.Now()}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			us := make([]OfferUpdate, size)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for n := 0; n < b.N; n += size {
+				for k := range us {
+					p := decimal.New(int64(1000+(n+k)%997), -2)
+					us[k] = OfferUpdate{ID: fmt.Sprintf("o%d", (n+k)%offers), ProviderID: "p", Price: &p, Now: time.Now()}
+				}
+				for _, r := range s.UpdateOffers(ctx, us) {
+					if r.Err != nil {
+						b.Fatal(r.Err)
+					}
+				}
+			}
+		})
+	}
+}
