@@ -4,6 +4,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"computebroker/market"
@@ -34,14 +35,129 @@ func compareSlotPtrs(a, b *slot) int {
 }
 
 // Snapshot is an immutable view of one market's book: its offers in price
-// order and, per provider, that provider's offers in the same order. It is
-// safe for concurrent use and never changes.
+// order and, per provider, where that provider's offers are in that order.
+// It is safe for concurrent use and never changes.
 type Snapshot struct {
 	Market  market.MarketKey
 	mkt     *market.MarketKey // the key its slots share
 	Version uint64            // rises by one per published change
 	slots   []slot
-	byProv  map[string][]slot
+	// hot packs, slot by slot, the facts the scan filters on (see hotSlot).
+	hot []hotSlot
+	// certs names the certification bits of hot (the book's table when
+	// published).
+	certs []string
+	// The offers of the provider numbered n (see provNums) are
+	// prov[provHead[n].start:provHead[n].end], in book order; numbers from
+	// len(provHead) on have none.
+	provHead []provHead
+	prov     []provEntry
+}
+
+// provHead locates a provider's list and holds the key of its first entry,
+// so that a scan learns where the list starts and what it costs with one
+// read.
+type provHead struct {
+	start, end int32
+	first      uint64 // prov[start].key when the list is not empty
+}
+
+// provEntry is one offer in its provider's list: key is its price in ticks
+// and its index in slots, key = ticks<<30 | index, so that keys rise in book
+// order; meta is its hotSlot's.
+type provEntry struct {
+	key, meta uint64
+}
+
+const (
+	provIndexBits = 30
+	// maxBookOffers is the most offers a book holds: the indices of a
+	// provEntry key (ticks ≤ maxTicks < 2³⁴ take the rest of the key).
+	maxBookOffers = 1 << provIndexBits
+)
+
+func (e *provEntry) index() int { return int(e.key & (maxBookOffers - 1)) }
+
+// head returns the head of the list of the provider numbered n, nil when
+// the snapshot holds no offer of it.
+func (s *Snapshot) head(n int32) *provHead {
+	if n < 0 || int(n) >= len(s.provHead) || s.provHead[n].end == s.provHead[n].start {
+		return nil
+	}
+	return &s.provHead[n]
+}
+
+// provSlots returns the list of the provider numbered n.
+func (s *Snapshot) provSlots(n int32) []provEntry {
+	if h := s.head(n); h != nil {
+		return s.prov[h.start:h.end]
+	}
+	return nil
+}
+
+// provNums numbers provider ids, the same in every book of the process, so
+// that a decision looks a provider up once and not once per market. A
+// number is never reused. Lookups read an immutable map; a book numbers
+// new providers under the mutex, and Publish makes the numbers visible
+// before the snapshot that holds them.
+var provNums struct {
+	visible atomic.Pointer[map[string]int32]
+	mu      sync.Mutex
+	all     map[string]int32
+	dirty   bool
+}
+
+// providerNumber returns pid's number, -1 when no published snapshot holds
+// an offer of pid.
+func providerNumber(pid string) int32 {
+	if m := provNums.visible.Load(); m != nil {
+		if n, ok := (*m)[pid]; ok {
+			return n
+		}
+	}
+	return -1
+}
+
+func numberProvider(pid string) int32 {
+	provNums.mu.Lock()
+	defer provNums.mu.Unlock()
+	n, ok := provNums.all[pid]
+	if !ok {
+		if provNums.all == nil {
+			provNums.all = map[string]int32{}
+		}
+		n = int32(len(provNums.all))
+		provNums.all[pid] = n
+		provNums.dirty = true
+	}
+	return n
+}
+
+// publishNumbers makes every number given visible and returns how many
+// there are.
+func publishNumbers() int {
+	provNums.mu.Lock()
+	defer provNums.mu.Unlock()
+	if provNums.dirty {
+		m := maps.Clone(provNums.all)
+		provNums.visible.Store(&m)
+		provNums.dirty = false
+	}
+	return len(provNums.all)
+}
+
+// certBits returns the bits of s.hot that stand for the certifications in
+// want; ok is false when one of them is not in the snapshot's table (then no
+// bit says who holds it).
+func (s *Snapshot) certBits(want []string) (bits uint64, ok bool) {
+	for _, c := range want {
+		i := slices.Index(s.certs, c)
+		if i < 0 {
+			return 0, false
+		}
+		bits |= hotCert0 << i
+	}
+	return bits, true
 }
 
 // Len returns the number of offers in the snapshot.
@@ -72,11 +188,12 @@ func (s *Snapshot) Candidates() []Candidate {
 // returns the last published view.
 type Book struct {
 	key     market.MarketKey
+	certs   []string         // certification table: bit i of slot.certs is certs[i]
+	ords    map[string]int32 // provider numbers (slot.ord) of the book's providers
 	byID    map[string]slot
 	sorted  []slot                     // working copy, book order
 	provs   map[string]*market.Account // latest known provider accounts
 	byProv  map[string][]slot          // working per-provider lists, book order
-	dirtyP  map[string]bool            // providers whose list changed since Publish
 	dirty   bool
 	version uint64
 	snap    atomic.Pointer[Snapshot]
@@ -86,10 +203,33 @@ type Book struct {
 func NewBook(key market.MarketKey) *Book {
 	b := &Book{
 		key: key, byID: map[string]slot{}, provs: map[string]*market.Account{},
-		byProv: map[string][]slot{}, dirtyP: map[string]bool{},
+		byProv: map[string][]slot{}, ords: map[string]int32{},
 	}
-	b.snap.Store(&Snapshot{Market: key, mkt: &b.key, byProv: map[string][]slot{}})
+	b.snap.Store(&Snapshot{Market: key, mkt: &b.key})
 	return b
+}
+
+// bookSlot builds the slot of it for this book: newSlot plus the provider's
+// number and certification bits, which only a book's snapshots use.
+func (b *Book) bookSlot(it *item, prov *market.Account) slot {
+	sl := newSlot(it, prov, &b.key)
+	n, ok := b.ords[prov.ID]
+	if !ok {
+		n = numberProvider(prov.ID)
+		b.ords[prov.ID] = n
+	}
+	sl.ord = n
+	for _, c := range prov.Certifications {
+		i := slices.Index(b.certs, c)
+		if i < 0 && len(b.certs) < maxCerts {
+			i = len(b.certs)
+			b.certs = append(b.certs, c)
+		}
+		if i >= 0 {
+			sl.certs |= 1 << i
+		}
+	}
+	return sl
 }
 
 // Market returns the book's market.
@@ -103,7 +243,8 @@ func (b *Book) Market() market.MarketKey { return b.key }
 //
 // It returns an invalid_argument *market.Error when the offer is not of this
 // market, is not sold by provider, or its price has no exact tick count or
-// is above market.MaxPrice.
+// is above market.MaxPrice, or when a new offer would take the book past
+// maxBookOffers.
 func (b *Book) Upsert(offer market.Offer, provider market.Account) error {
 	if offer.Market() != b.key {
 		return market.Invalid("matching: offer %s is in market %s, not %s", offer.ID, offer.Market(), b.key)
@@ -119,6 +260,9 @@ func (b *Book) Upsert(offer market.Offer, provider market.Account) error {
 	if had && offer.Version < old.it.Offer.Version {
 		return nil
 	}
+	if !had && len(b.byID) >= maxBookOffers-1 {
+		return market.Invalid("matching: market %s holds %d offers, the most a book holds", b.key, len(b.byID))
+	}
 	if offer.Status != market.OfferActive {
 		b.Remove(offer.ID)
 		return nil
@@ -133,7 +277,7 @@ func (b *Book) Upsert(offer market.Offer, provider market.Account) error {
 	}
 	// Share the book's strings: equal content, one copy, cheap compares.
 	offer.ResourceClass, offer.Region = b.key.Class, b.key.Region
-	b.addSlot(newSlot(&item{Candidate: Candidate{Offer: offer, Provider: *p}}, p, &b.key))
+	b.addSlot(b.bookSlot(&item{Candidate: Candidate{Offer: offer, Provider: *p}}, p))
 	b.dirty = true
 	return nil
 }
@@ -143,7 +287,6 @@ func (b *Book) addSlot(sl slot) {
 	b.byID[sl.it.Offer.ID] = sl
 	b.sorted = insertSlot(b.sorted, sl)
 	b.byProv[pid] = insertSlot(b.byProv[pid], sl)
-	b.dirtyP[pid] = true
 }
 
 // Remove drops the offer with id; it reports whether the book held it.
@@ -165,7 +308,6 @@ func (b *Book) removeSlot(sl slot) {
 	if len(b.byProv[pid]) == 0 {
 		delete(b.byProv, pid)
 	}
-	b.dirtyP[pid] = true
 }
 
 // SetProvider records a provider's account (status, certifications, …) and
@@ -179,7 +321,7 @@ func (b *Book) SetProvider(p market.Account) {
 	}
 	for _, sl := range slices.Clone(list) {
 		b.removeSlot(sl)
-		b.addSlot(newSlot(&item{Candidate: Candidate{Offer: sl.it.Offer, Provider: p}}, acct, &b.key))
+		b.addSlot(b.bookSlot(&item{Candidate: Candidate{Offer: sl.it.Offer, Provider: p}}, acct))
 	}
 	b.dirty = true
 }
@@ -195,22 +337,37 @@ func (b *Book) Offer(id string) (Candidate, bool) {
 
 // Publish makes the changes since the last Publish visible to readers and
 // returns the new snapshot (the current one when nothing changed). It costs
-// a copy of the book's order and of the changed providers' lists.
+// a copy of the book's order, its packed form and its per-provider lists: a
+// few passes over the book.
 func (b *Book) Publish() *Snapshot {
 	if !b.dirty {
 		return b.snap.Load()
 	}
-	prev := b.snap.Load()
 	b.version++
-	s := &Snapshot{Market: b.key, mkt: &b.key, Version: b.version, slots: slices.Clone(b.sorted), byProv: maps.Clone(prev.byProv)}
-	for pid := range b.dirtyP {
-		if l := b.byProv[pid]; len(l) > 0 {
-			s.byProv[pid] = slices.Clone(l)
-		} else {
-			delete(s.byProv, pid)
-		}
+	n := len(b.sorted)
+	s := &Snapshot{Market: b.key, mkt: &b.key, Version: b.version, slots: slices.Clone(b.sorted),
+		hot: make([]hotSlot, n), certs: b.certs[:len(b.certs):len(b.certs)]}
+	heads := make([]provHead, publishNumbers())
+	for i := range s.slots {
+		sl := &s.slots[i]
+		s.hot[i] = packHot(sl)
+		heads[sl.ord].end++
 	}
-	clear(b.dirtyP)
+	var at int32
+	for i := range heads {
+		h := &heads[i]
+		h.start, h.end, at = at, at, at+h.end
+	}
+	s.provHead, s.prov = heads, make([]provEntry, n)
+	for i := range s.slots {
+		h := &heads[s.slots[i].ord]
+		e := provEntry{key: uint64(s.hot[i].ticks)<<provIndexBits | uint64(i), meta: s.hot[i].meta}
+		if h.end == h.start {
+			h.first = e.key
+		}
+		s.prov[h.end] = e
+		h.end++
+	}
 	b.dirty = false
 	b.snap.Store(s)
 	return s

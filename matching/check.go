@@ -72,9 +72,85 @@ type slot struct {
 	maxHours  int64
 	listTicks int64 // Offer.ListPrice in ticks, -1 when not exact
 	flags     uint8
-	prov      *market.Account   // the provider, shared by its offers
-	mkt       *market.MarketKey // the offer's market, shared by the book
-	it        *item
+	// certs (the provider's certifications as bits of the book's table) and
+	// ord (the provider's number in the book) are set by Book.bookSlot.
+	certs uint32
+	ord   int32
+	prov  *market.Account   // the provider, shared by its offers
+	mkt   *market.MarketKey // the offer's market, shared by the book
+	it    *item
+}
+
+// hotSlot is a slot packed into 16 bytes, four to a cache line, for the
+// scan's filter. meta holds units_free clamped to [0, MaxUnits] (bits 0–19),
+// max_hours clamped to [0, MaxHours] (bits 20–36), hotGate when the price
+// checker, the provider checker and the active checker pass, and from
+// hotCert0 up the provider's certifications in its book's table. Clamping
+// keeps every comparison with a job's units or hours, which lie in
+// [1, MaxUnits] and [1, MaxHours] on the integer path, exact.
+type hotSlot struct {
+	ticks int64
+	meta  uint64
+}
+
+const (
+	hotUnits      = 1<<20 - 1
+	hotHoursShift = 20
+	hotHours      = (1<<17 - 1) << hotHoursShift
+	hotGate       = 1 << 37
+	hotCert0      = 1 << 38
+	// maxCerts is how many certifications a book numbers for the filter;
+	// a job asking for one outside the table is checked on the slot.
+	maxCerts = 64 - 38
+)
+
+// The limits must fit their fields.
+var _ = [1]struct{}{}[market.MaxUnits>>20+market.MaxHours>>17]
+
+func packHot(sl *slot) hotSlot {
+	m := uint64(min(max(sl.unitsFree, 0), market.MaxUnits)) |
+		uint64(min(max(sl.maxHours, 0), market.MaxHours))<<hotHoursShift |
+		uint64(sl.certs)<<38
+	const gate = flagTicksOK | flagActive | flagApproved
+	if sl.flags&gate == gate {
+		m |= hotGate
+	}
+	return hotSlot{ticks: sl.ticks, meta: m}
+}
+
+// filter is the checker chain compiled for one query and one market of a
+// book: an offer of the market at or under the job's max price passes every
+// checker exactly when pass(h) holds and, if exact is set, the slot passes
+// the certifications checker. TestFilterEqualsChain holds it to the chain.
+type filter struct {
+	minUnits uint64 // units, at hotUnits' position
+	minHours uint64 // hours, at hotHours' position
+	want     uint64 // hotGate and the job's certification bits
+	exact    bool   // a certification outside the book's table: check the slot
+}
+
+// filter compiles q for the offers of sn; ok is false when none of them can
+// pass (the market is of another class or outside the job's regions). q
+// must have entered sn's market, and its units and hours must lie within
+// market.MaxUnits and market.MaxHours.
+func (q *query) filter(sn *Snapshot) (f filter, ok bool) {
+	if q.mktClass != ReasonNone || q.mktRegion != ReasonNone {
+		return f, false
+	}
+	f = filter{minUnits: uint64(q.minUnits), minHours: uint64(q.req.Job.Hours) << hotHoursShift, want: hotGate}
+	if want := q.req.Job.Certifications; len(want) > 0 {
+		if b, known := sn.certBits(want); known {
+			f.want |= b
+		} else {
+			f.exact = true
+		}
+	}
+	return f, true
+}
+
+func (f *filter) pass(h *hotSlot) bool {
+	m := h.meta
+	return m&hotUnits >= f.minUnits && m&hotHours >= f.minHours && m&f.want == f.want
 }
 
 // newSlot builds the slot of c; prov and mkt must hold c's provider and the

@@ -1,6 +1,8 @@
 package matching
 
 import (
+	"cmp"
+	"math"
 	"math/bits"
 	"slices"
 
@@ -55,12 +57,35 @@ func floorRate(rateBP, gross int64) int64 {
 	return int64(q)
 }
 
-// cut is the part of a market a decision did not examine because every
-// offer in it is above the job's max price.
-type cut struct {
-	sn   *Snapshot
-	from int
+// span is a run of a snapshot's offers: slots[from:to] or, with prov, the
+// slots of the entries prov[from:to].
+type span struct {
+	sn       *Snapshot
+	prov     []provEntry
+	from, to int
 }
+
+type provNumber struct {
+	id string
+	n  int32
+}
+
+// cursor is the scan's position in one market.
+type cursor struct {
+	sn     *Snapshot
+	f      filter
+	i      int   // next offer
+	b0, b1 int   // the grants bounding the market: Scratch.bound[b0:b1]
+	state  uint8 // scanning, or why the scan of the market ended
+}
+
+// Cursor states.
+const (
+	scanning uint8 = iota
+	atEnd          // every offer examined
+	atCut          // the offers from i on are above the max price
+	atBound        // no offer from i on can enter the best limit
+)
 
 // Scratch holds the buffers of one decision so that, once warm, deciding
 // allocates nothing. A Scratch is not safe for concurrent use: give each
@@ -75,13 +100,19 @@ type Scratch struct {
 	picks      []pick
 	counts     reasonCounts
 	considered int
-	cuts       []cut
-	fallback   *Result // set when the request needs the decimal path
-	snaps      []*Snapshot
-	cands      []Candidate
-	bound      []int // indices of the grants that bound the current scan
-	// exhaustive turns the bound off: every offer is checked and priced (the
-	// brute-force scan the benchmarks compare against).
+	// spans are offers examined but not yet counted in counts: their
+	// reasons are taken when asked for (Rejected, Result).
+	spans    []span
+	cuts     []span  // offers skipped above the job's max price
+	fallback *Result // set when the request needs the decimal path
+	snaps    []*Snapshot
+	cands    []Candidate
+	curs     []cursor
+	bound    []int // grant indices, see cursor.b0 and selectBound
+	nums     []provNumber
+	// exhaustive turns the bound off: every offer is checked with the
+	// checker chain and priced (the brute-force scan the benchmarks compare
+	// against).
 	exhaustive bool
 }
 
@@ -92,7 +123,11 @@ func (s *Scratch) release() {
 	clear(s.picks)
 	clear(s.cands)
 	clear(s.cuts)
-	s.snaps, s.picks, s.cands, s.cuts = s.snaps[:0], s.picks[:0], s.cands[:0], s.cuts[:0]
+	clear(s.spans)
+	clear(s.curs)
+	clear(s.nums)
+	s.nums = s.nums[:0]
+	s.snaps, s.picks, s.cands, s.cuts, s.spans, s.curs = s.snaps[:0], s.picks[:0], s.cands[:0], s.cuts[:0], s.spans[:0], s.curs[:0]
 }
 
 // NewScratch returns an empty Scratch.
@@ -139,11 +174,14 @@ func (s *Scratch) Considered() int {
 
 // Rejected returns how many examined offers the last decision rejected for
 // reason r. Offers above the job's max price that the scan skipped are not
-// counted here; Result counts them.
+// counted here; Result counts them. The first call after a decision runs
+// the checker chain over the examined offers that the scan's compiled
+// filter rejected without naming a reason.
 func (s *Scratch) Rejected(r Reason) int {
 	if s.fallback != nil {
 		return s.fallback.Rejected[r.String()]
 	}
+	s.tally()
 	if r < numReasons {
 		return s.counts[r]
 	}
@@ -177,18 +215,48 @@ func (s *Scratch) Result() Result {
 	return out
 }
 
-// complete checks, for their reasons only, the offers a max-price cut
-// skipped.
-func (s *Scratch) complete() {
-	for _, c := range s.cuts {
-		s.q.enter(c.sn.mkt)
-		for i := c.from; i < len(c.sn.slots); i++ {
-			s.considered++
-			s.counts[defaultChain.check(&s.q, &c.sn.slots[i])]++
+// count adds to s.counts the reason of every offer in sp.
+func (s *Scratch) count(sp *span) {
+	s.q.enter(sp.sn.mkt)
+	slots := sp.sn.slots
+	for k := sp.from; k < sp.to; k++ {
+		i := k
+		if sp.prov != nil {
+			i = sp.prov[k].index()
 		}
+		s.counts[defaultChain.check(&s.q, &slots[i])]++
+	}
+}
+
+// tally counts the reasons of the examined offers not counted yet.
+func (s *Scratch) tally() {
+	for i := range s.spans {
+		s.count(&s.spans[i])
+	}
+	clear(s.spans)
+	s.spans = s.spans[:0]
+	s.counts[ReasonNone] = 0
+}
+
+// complete counts the examined offers and, for their reasons only, the
+// offers a max-price cut skipped.
+func (s *Scratch) complete() {
+	s.tally()
+	for i := range s.cuts {
+		s.considered += s.cuts[i].to - s.cuts[i].from
+		s.count(&s.cuts[i])
 	}
 	s.counts[ReasonNone] = 0
+	clear(s.cuts)
 	s.cuts = s.cuts[:0]
+}
+
+// examined records that the scan examined sp.
+func (s *Scratch) examined(sp span) {
+	if sp.to > sp.from {
+		s.considered += sp.to - sp.from
+		s.spans = append(s.spans, sp)
+	}
 }
 
 // intRequest reports whether the request's job fits the integer path: units
@@ -203,9 +271,12 @@ func intRequest(req *Request) bool {
 func (s *Scratch) prepare(req *Request, limit int) bool {
 	s.req, s.limit, s.fallback = req, limit, nil
 	s.picks = s.picks[:0]
-	s.cuts = s.cuts[:0]
+	clear(s.cuts)
+	clear(s.spans)
+	s.cuts, s.spans = s.cuts[:0], s.spans[:0]
 	s.counts = reasonCounts{}
 	s.considered = 0
+	s.nums = s.nums[:0]
 	s.q = newQuery(req)
 	s.vouchers = false
 	if !intRequest(req) {
@@ -228,22 +299,26 @@ func (s *Scratch) prepare(req *Request, limit int) bool {
 // Decide matches req against snaps (one per market, each market once) into
 // s and returns the number of matches, best first, at most limit (≤ 0: all).
 //
-// It gives the matches Rank gives over the snapshots' offers. It scans each
-// market cheapest first and stops once no later offer can enter the best
-// limit. For an offer of a provider that no provider-scoped grant names, the
+// It gives the matches Rank gives over the snapshots' offers. It scans the
+// markets together, always at the cheapest offer not yet examined, and
+// stops in each market once no later offer of it can enter the best limit.
+// For an offer of a provider that no provider-scoped grant names, the
 // voucher is, if any, the first grant in expiry order whose scope takes the
 // region and that pays on the gross — and none at all for a related party or
 // a price above the guard — so its net is at least lb(gross) = gross − that
-// grant's discount; lb never falls as the price rises, and the scan stops
-// once lb is above the limit-th best net (or equal with a later rank key).
-// The offers of providers a scoped grant names are then scanned the same way
-// through the provider's own price-ordered list, bounded by their own
-// grants, from where the market scan stopped. The scan also stops at the
-// first offer above the job's max price.
+// grant's discount; lb never falls as the price rises, and a market's scan
+// stops once lb is above the limit-th best net (or equal with a later rank
+// key). The offers of providers a scoped grant names are then scanned the
+// same way through the provider's own price-ordered list, bounded by their
+// own grants, from where the market scan stopped. A market's scan also stops
+// at its first offer above the job's max price.
 //
-// Consequently Considered and the rejection counts of s cover the offers
-// examined; Result adds the offers skipped above the max price, so that when
-// fewer than limit offers match its counts cover every offer, as Rank's do.
+// The scan filters offers with the checker chain compiled for the job and
+// the market (see filter), which says whether an offer passes, not why not.
+// Considered and the rejection counts of s cover the offers examined, the
+// counts taken by the checker chain when first asked for; Result adds the
+// offers skipped above the max price, so that when fewer than limit offers
+// match its counts cover every offer, as Rank's do.
 //
 // A request whose units or hours lie outside market.MaxUnits/MaxHours, or
 // whose programme rate has more than four decimal places, is decided on the
@@ -260,10 +335,14 @@ func Decide(req *Request, snaps []*Snapshot, limit int, s *Scratch) int {
 		s.fallback = &res
 		return len(res.Matches)
 	}
-	for _, sn := range snaps {
-		if sn != nil {
-			s.scan(sn)
+	if s.exhaustive {
+		for _, sn := range snaps {
+			if sn != nil {
+				s.scanAll(sn)
+			}
 		}
+	} else {
+		s.scan(snaps)
 	}
 	if limit <= 0 {
 		slices.SortFunc(s.picks, func(a, b pick) int { return comparePick(&a, &b) })
@@ -273,12 +352,13 @@ func Decide(req *Request, snaps []*Snapshot, limit int, s *Scratch) int {
 
 func (s *Scratch) full() bool { return s.limit > 0 && len(s.picks) >= s.limit && !s.exhaustive }
 
-// selectBound sets s.bound to the grants that can pay on an offer in region
-// from a provider that no scoped grant names (pid ""), or from pid.
-func (s *Scratch) selectBound(region, pid string) {
-	s.bound = s.bound[:0]
+// selectBound appends to s.bound the grants that can pay on an offer in
+// region from a provider that no scoped grant names (pid ""), or from pid,
+// and returns where they start.
+func (s *Scratch) selectBound(region, pid string) int {
+	b0 := len(s.bound)
 	if !s.vouchers {
-		return
+		return b0
 	}
 	grants := s.prep.Grants()
 	for i := range grants {
@@ -287,16 +367,18 @@ func (s *Scratch) selectBound(region, pid string) {
 			s.bound = append(s.bound, i)
 		}
 	}
+	return b0
 }
 
-// beyond reports whether sl, and so every later slot of the same list, can
-// no longer enter the best limit, given the grants in s.bound.
-func (s *Scratch) beyond(sl *slot) bool {
-	g := grossCents(sl.ticks, s.uh)
+// beyond reports whether sl, priced at ticks, and so every later slot of
+// the same list, can no longer enter the best limit, given the grants
+// bound. It reads sl only when the net ties.
+func (s *Scratch) beyond(bound []int, ticks int64, sl *slot) bool {
+	g := grossCents(ticks, s.uh)
 	lb := g
-	if len(s.bound) > 0 {
+	if len(bound) > 0 {
 		grants := s.prep.Grants()
-		for _, i := range s.bound {
+		for _, i := range bound {
 			if d := grants[i].MaxDiscountCents(g); d > 0 {
 				lb -= d
 				break
@@ -310,30 +392,110 @@ func (s *Scratch) beyond(sl *slot) bool {
 	return compareSlotPtrs(sl, w.s) > 0
 }
 
-// scan examines one market's offers cheapest first, as Decide describes.
-func (s *Scratch) scan(sn *Snapshot) {
+// scan examines the offers of snaps cheapest first across markets, as
+// Decide describes.
+func (s *Scratch) scan(snaps []*Snapshot) {
+	s.curs, s.bound = s.curs[:0], s.bound[:0]
+	for _, sn := range snaps {
+		if sn == nil || len(sn.slots) == 0 {
+			continue
+		}
+		s.q.enter(sn.mkt)
+		f, ok := s.q.filter(sn)
+		if !ok {
+			// No offer of the market passes: all examined, to the max price.
+			end, _ := slices.BinarySearchFunc(sn.hot, s.q.maxTicks+1, func(h hotSlot, t int64) int { return cmp.Compare(h.ticks, t) })
+			if s.q.maxTicks == math.MaxInt64 {
+				end = len(sn.hot)
+			}
+			s.examined(span{sn: sn, to: end})
+			if end < len(sn.hot) {
+				s.cuts = append(s.cuts, span{sn: sn, from: end, to: len(sn.hot)})
+			}
+			continue
+		}
+		b0 := s.selectBound(sn.Market.Region, "")
+		s.curs = append(s.curs, cursor{sn: sn, f: f, b0: b0, b1: len(s.bound)})
+	}
+	if len(s.curs) == 1 {
+		s.run(&s.curs[0], math.MaxInt64)
+	} else {
+		for {
+			// The market with the cheapest next offer runs until another
+			// market's next offer is cheaper.
+			var c *cursor
+			lo, next := int64(math.MaxInt64), int64(math.MaxInt64)
+			for j := range s.curs {
+				cj := &s.curs[j]
+				if cj.state != scanning {
+					continue
+				}
+				if t := cj.sn.hot[cj.i].ticks; t < lo {
+					c, lo, next = cj, t, lo
+				} else if t < next {
+					next = t
+				}
+			}
+			if c == nil {
+				break
+			}
+			s.run(c, next)
+		}
+	}
+	for j := range s.curs {
+		c := &s.curs[j]
+		if c.state == atBound && s.vouchers {
+			s.scanScoped(c)
+		}
+		s.examined(span{sn: c.sn, to: c.i})
+		if c.state == atCut {
+			s.cuts = append(s.cuts, span{sn: c.sn, from: c.i, to: len(c.sn.slots)})
+		}
+	}
+}
+
+// run scans c's market while its offers cost at most next.
+func (s *Scratch) run(c *cursor, next int64) {
+	hot := c.sn.hot
+	maxTicks := s.q.maxTicks
+	for i := c.i; i < len(hot); i++ {
+		h := &hot[i]
+		if h.ticks > maxTicks {
+			c.i, c.state = i, atCut
+			return
+		}
+		if h.ticks > next {
+			c.i = i
+			return
+		}
+		sl := &c.sn.slots[i]
+		if s.full() && s.beyond(s.bound[c.b0:c.b1], h.ticks, sl) {
+			c.i, c.state = i, atBound
+			return
+		}
+		if c.f.pass(h) && (!c.f.exact || s.certified(sl)) {
+			s.take(sl)
+		}
+	}
+	c.i, c.state = len(hot), atEnd
+}
+
+// certified is the certifications checker.
+func (s *Scratch) certified(sl *slot) bool {
+	return certificationsChecker{}.check(&s.q, sl) == ReasonNone
+}
+
+// scanScoped scans, past where c's market scan stopped, the offers of the
+// providers that a scoped grant names, each through its own list.
+func (s *Scratch) scanScoped(c *cursor) {
+	sn := c.sn
 	region := sn.Market.Region
-	s.q.enter(sn.mkt)
-	s.selectBound(region, "")
-	stop := len(sn.slots)
-	for i := range sn.slots {
-		sl := &sn.slots[i]
-		if sl.ticks > s.q.maxTicks {
-			s.cuts = append(s.cuts, cut{sn, i})
-			return // no later offer is at or under the max price
-		}
-		if s.full() && s.beyond(sl) {
-			stop = i
-			break
-		}
-		s.consider(sl)
-	}
-	if stop == len(sn.slots) || !s.vouchers {
-		return
-	}
-	// Offers of providers some scoped grant names may still win past stop.
+	stop := c.i
 	first := &sn.slots[stop]
+	firstTicks := sn.hot[stop].ticks
+	from := uint64(firstTicks)<<provIndexBits | uint64(stop) // the key of first
 	grants := s.prep.Grants()
+	mark := len(s.bound)
 	for i := range grants {
 		g := &grants[i]
 		if len(g.Providers) == 0 || !inList(g.Regions, region) {
@@ -343,23 +505,94 @@ func (s *Scratch) scan(sn *Snapshot) {
 			if slices.Contains(g.Providers[:j], pid) || seenProvider(grants[:i], region, pid) {
 				continue
 			}
-			s.selectBound(region, pid)
-			if s.full() && s.beyond(first) {
-				continue // even at the stop price this provider cannot win
-			}
-			list := sn.byProv[pid]
-			if len(list) == 0 {
+			s.bound = s.bound[:mark]
+			b0 := s.selectBound(region, pid)
+			bound := s.bound[b0:]
+			h := sn.head(s.provNum(pid))
+			if h == nil {
 				continue
 			}
-			k, _ := slices.BinarySearchFunc(list, *first, compareSlots)
+			list, k0 := sn.prov[h.start:h.end], 0
+			if h.first >= from {
+				// The whole list lies past the stop: bound it by its first
+				// entry, which the head holds, before reading the list.
+				if s.full() && s.beyond(bound, int64(h.first>>provIndexBits), &sn.slots[h.first&(maxBookOffers-1)]) {
+					continue
+				}
+			} else {
+				if s.full() && s.beyond(bound, firstTicks, first) {
+					continue // even at the stop price this provider cannot win
+				}
+				k0 = searchFrom(list, from)
+			}
+			k := k0
 			for ; k < len(list); k++ {
-				sl := &list[k]
-				if sl.ticks > s.q.maxTicks || s.full() && s.beyond(sl) {
+				e := &list[k]
+				ticks := int64(e.key >> provIndexBits)
+				sl := &sn.slots[e.index()]
+				if ticks > s.q.maxTicks || s.full() && s.beyond(bound, ticks, sl) {
 					break
 				}
-				s.consider(sl)
+				if c.f.pass(&hotSlot{meta: e.meta}) && (!c.f.exact || s.certified(sl)) {
+					s.take(sl)
+				}
+			}
+			if k > k0 {
+				s.examined(span{sn: sn, prov: list, from: k0, to: k})
 			}
 		}
+	}
+}
+
+// searchFrom returns the position of the first entry of list whose key is
+// at least from, searching outwards from the start: the scan's stop is
+// mostly near the cheap end of a list.
+func searchFrom(list []provEntry, from uint64) int {
+	hi := 1
+	for hi < len(list) && list[hi-1].key < from {
+		hi *= 2
+	}
+	lo := hi / 2
+	hi = min(hi, len(list))
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if list[m].key < from {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	return lo
+}
+
+// provNum returns pid's provider number, looked up once per decision.
+func (s *Scratch) provNum(pid string) int32 {
+	for i := range s.nums {
+		if s.nums[i].id == pid {
+			return s.nums[i].n
+		}
+	}
+	n := providerNumber(pid)
+	s.nums = append(s.nums, provNumber{pid, n})
+	return n
+}
+
+// scanAll checks every offer of sn up to the job's max price with the
+// checker chain and prices every eligible one: the brute-force scan.
+func (s *Scratch) scanAll(sn *Snapshot) {
+	s.q.enter(sn.mkt)
+	for i := range sn.slots {
+		sl := &sn.slots[i]
+		if sl.ticks > s.q.maxTicks {
+			s.cuts = append(s.cuts, span{sn: sn, from: i, to: len(sn.slots)})
+			return
+		}
+		s.considered++
+		if r := defaultChain.check(&s.q, sl); r != ReasonNone {
+			s.counts[r]++
+			continue
+		}
+		s.take(sl)
 	}
 }
 
@@ -387,14 +620,9 @@ func (s *Scratch) target(sl *slot) voucher.Target {
 		PriceTicks: sl.ticks, ListTicks: sl.listTicks, Ref: s.req.Reference}
 }
 
-// consider checks one offer and, when eligible, prices it and keeps it if it
-// is among the best limit so far.
-func (s *Scratch) consider(sl *slot) {
-	s.considered++
-	if r := defaultChain.check(&s.q, sl); r != ReasonNone {
-		s.counts[r]++
-		return
-	}
+// take prices an eligible offer and keeps it if it is among the best limit
+// so far.
+func (s *Scratch) take(sl *slot) {
 	p := pick{s: sl, gross: grossCents(sl.ticks, s.uh), grant: -1}
 	p.net = p.gross
 	if s.vouchers {

@@ -270,7 +270,7 @@ func TestBookOrder(t *testing.T) {
 		}
 	}
 	s := b.Publish()
-	if !slices.IsSortedFunc(s.slots, compareSlots) || len(s.slots) != len(b.byID) || len(s.byProv["p1"]) != len(s.slots) {
+	if !slices.IsSortedFunc(s.slots, compareSlots) || len(s.slots) != len(b.byID) || len(s.provSlots(providerNumber("p1"))) != len(s.slots) {
 		t.Fatal("book order broken")
 	}
 }

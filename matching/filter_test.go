@@ -1,0 +1,182 @@
+package matching
+
+import (
+	"fmt"
+	"reflect"
+	"testing"
+
+	"computebroker/market"
+
+	"github.com/shopspring/decimal"
+)
+
+// TestFilterEqualsChain: on random books, including providers with more
+// certifications than a book numbers and units or hours past the broker's
+// limits, the filter compiled for a job and a market passes exactly the
+// offers at or under the job's max price that the checker chain passes, and
+// the per-provider lists hold every offer once, in book order.
+func TestFilterEqualsChain(t *testing.T) {
+	var exact, passed, failed int
+	for seed := int64(1); seed <= 200; seed++ {
+		w := newWorld(seed)
+		rng := w.rng
+		// Many certifications: some providers hold more than maxCerts.
+		for i := range w.providers {
+			for c := 0; c < rng.Intn(maxCerts+8); c++ {
+				w.providers[i].Certifications = append(w.providers[i].Certifications, fmt.Sprintf("cert-%d", rng.Intn(maxCerts+10)))
+			}
+		}
+		for i := 0; i < 20+rng.Intn(150); i++ {
+			o := w.offer()
+			switch rng.Intn(8) {
+			case 0:
+				o.UnitsFree = market.MaxUnits + rng.Int63n(3) - 1
+			case 1:
+				o.UnitsFree = -rng.Int63n(3)
+			case 2:
+				o.MaxHours = market.MaxHours + rng.Int63n(3) - 1
+			case 3:
+				o.MaxHours = -rng.Int63n(2)
+			}
+			if err := w.books[o.Market()].Upsert(o, w.provider(o.ProviderID)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if rng.Intn(3) == 0 {
+			// A provider changes status and certifications.
+			p := w.providers[rng.Intn(len(w.providers))]
+			p.Status = []market.ProviderStatus{market.ProviderApproved, market.ProviderSuspended, market.ProviderPending}[rng.Intn(3)]
+			p.Certifications = []string{"mlps-3", fmt.Sprintf("cert-%d", rng.Intn(maxCerts+10))}
+			for _, b := range w.books {
+				b.SetProvider(p)
+			}
+		}
+		var snaps []*Snapshot
+		for _, b := range w.books {
+			snaps = append(snaps, b.Publish())
+		}
+		for k := 0; k < 20; k++ {
+			req := w.request()
+			switch rng.Intn(6) {
+			case 0:
+				req.Job.Units = market.MaxUnits - rng.Int63n(2)
+			case 1:
+				req.Job.Hours = market.MaxHours - rng.Int63n(2)
+			}
+			if rng.Intn(2) == 0 {
+				req.Job.Certifications = nil
+				for c := 0; c < 1+rng.Intn(3); c++ {
+					req.Job.Certifications = append(req.Job.Certifications, fmt.Sprintf("cert-%d", rng.Intn(maxCerts+12)))
+				}
+			}
+			q := newQuery(&req)
+			for _, sn := range snaps {
+				q.enter(sn.mkt)
+				f, ok := q.filter(sn)
+				for i := range sn.slots {
+					sl := &sn.slots[i]
+					want := defaultChain.check(&q, sl) == ReasonNone
+					got := ok && sl.ticks <= q.maxTicks && f.pass(&sn.hot[i]) &&
+						(!f.exact || certificationsChecker{}.check(&q, sl) == ReasonNone)
+					if f.exact {
+						exact++
+					}
+					if want {
+						passed++
+					} else {
+						failed++
+					}
+					if got != want {
+						t.Fatalf("seed %d job %d market %s offer %s: filter %v, chain %v (exact %v)", seed, k, sn.Market, sl.it.Offer.ID, got, want, f.exact)
+					}
+				}
+			}
+		}
+		for _, sn := range snaps {
+			checkProviderLists(t, sn)
+		}
+	}
+	if exact == 0 || passed < 1000 || failed < 1000 {
+		t.Fatalf("cases not exercised: %d exact, %d passed, %d failed", exact, passed, failed)
+	}
+}
+
+func checkProviderLists(t *testing.T, sn *Snapshot) {
+	t.Helper()
+	seen := make([]bool, len(sn.slots))
+	for n := range sn.provHead {
+		list := sn.provSlots(int32(n))
+		for k := range list {
+			e := &list[k]
+			i := e.index()
+			if seen[i] || sn.slots[i].ord != int32(n) || e.meta != sn.hot[i].meta || int64(e.key>>provIndexBits) != sn.hot[i].ticks ||
+				k > 0 && list[k-1].key >= e.key || k == 0 && sn.provHead[n].first != e.key {
+				t.Fatalf("%s: provider %d entry %d wrong", sn.Market, n, k)
+			}
+			seen[i] = true
+		}
+	}
+	for i, ok := range seen {
+		if !ok {
+			t.Fatalf("%s: offer %d in no provider list", sn.Market, i)
+		}
+	}
+}
+
+// TestDecideOtherMarkets: Decide over snapshots that include markets of
+// other classes gives Rank's matches and, when it finds fewer than its
+// limit, Rank's counts.
+func TestDecideOtherMarkets(t *testing.T) {
+	s := NewScratch()
+	for seed := int64(1); seed <= 100; seed++ {
+		w := newWorld(seed)
+		w.fill(w.rng.Intn(120))
+		var snaps []*Snapshot
+		for _, c := range w.classes {
+			for _, r := range w.regions {
+				snaps = append(snaps, w.books[market.MarketKey{Class: c.ID, Region: r}].Snapshot())
+			}
+		}
+		for k := 0; k < 10; k++ {
+			req := w.request()
+			limit := w.rng.Intn(4)
+			want := Rank(req, candidatesOf(snaps), limit)
+			Decide(&req, snaps, limit, s)
+			got := s.Result()
+			label := fmt.Sprintf("seed %d case %d", seed, k)
+			sameMatches(t, label, got.Matches, want.Matches)
+			if limit <= 0 || len(got.Matches) < limit {
+				if got.Considered != want.Considered || !reflect.DeepEqual(got.Rejected, want.Rejected) {
+					t.Fatalf("%s: considered %d rejected %v, want %d %v", label, got.Considered, got.Rejected, want.Considered, want.Rejected)
+				}
+			}
+		}
+	}
+}
+
+// TestScratchRejectedBeforeResult: Rejected counts the examined offers
+// whether or not Result is called, and Result then adds the offers above
+// the max price.
+func TestScratchRejectedBeforeResult(t *testing.T) {
+	b := NewBook(market.MarketKey{Class: h100.ID, Region: "cn-east"})
+	for i, p := range []string{"10", "11", "12", "13"} {
+		o := off(fmt.Sprintf("o%d", i), "p1", p)
+		o.UnitsFree = int64(3 * i) // 0, 3, 6, 9: the last fails on its price only
+		if err := b.Upsert(o, prov("p1")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sn := b.Publish()
+	req := Request{Job: market.Job{ResourceClass: h100.ID, Units: 4, Hours: 1, MaxPrice: decimal.RequireFromString("12.5")}, Class: h100}
+	s := NewScratch()
+	if n := Decide(&req, []*Snapshot{sn}, 2, s); n != 1 {
+		t.Fatalf("%d matches", n)
+	}
+	if s.Considered() != 3 || s.Rejected(ReasonTooFewUnits) != 2 || s.Rejected(ReasonOverMaxPrice) != 0 {
+		t.Fatalf("considered %d, too few units %d", s.Considered(), s.Rejected(ReasonTooFewUnits))
+	}
+	res := s.Result()
+	if res.Considered != 4 || !reflect.DeepEqual(res.Rejected, map[string]int{"too_few_units": 2, "over_max_price": 1}) {
+		t.Fatalf("result %d %v", res.Considered, res.Rejected)
+	}
+}
