@@ -58,7 +58,12 @@ local moved, was, now_member = {}, {}, {}
 for i = 1, n do
   local a = base + 8 * (i - 1)
   local mi, id, k, now = tonumber(ARGV[a + 1]), ARGV[a + 2], KEYS[3 * nm + i], ARGV[a + 8]
-  local o = redis.call('HMGET', k, 'provider', 'status', 'units', 'free', 'member', 'listed', 'price', 'version', 'price_at')
+  local o
+  if ARGV[a + 4] ~= '' then -- a new price: the old price and price_at are not needed
+    o = redis.call('HMGET', k, 'provider', 'status', 'units', 'free', 'member', 'listed', 'version')
+  else
+    o = redis.call('HMGET', k, 'provider', 'status', 'units', 'free', 'member', 'listed', 'version', 'price', 'price_at')
+  end
   local r
   if not o[1] then r = 'E:not_found'
   elseif o[1] ~= ARGV[a + 3] then r = 'E:forbidden'
@@ -70,11 +75,11 @@ for i = 1, n do
       if nu < leased then r = 'E:below_leased:' .. leased else units, free = nu, nu - leased end
     end
     if not r then
-      local v, price, pat = tonumber(o[8]) + 1, o[7], o[9]
+      local v, price, pat = tonumber(o[7]) + 1, o[8], o[9]
       if ARGV[a + 4] ~= '' then
         price, pat = ARGV[a + 4], now
-        redis.call('HSET', k, 'units', units, 'free', free, 'price', price, 'price_at', now,
-          'member', ARGV[a + 5], 'version', v, 'updated_at', now)
+        if ARGV[a + 6] ~= '' then redis.call('HSET', k, 'units', units, 'free', free) end
+        redis.call('HSET', k, 'price', price, 'price_at', now, 'member', ARGV[a + 5], 'version', v, 'updated_at', now)
         if o[6] == '1' then
           local mv = moved[mi]
           if not mv then mv = {}; moved[mi] = mv end
