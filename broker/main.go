@@ -33,6 +33,11 @@ type MainConfig struct {
 	// ReferenceRefresh is how often the subsidy guard's reference prices
 	// are reloaded from the history (BROKER_REFERENCE_REFRESH, default 1m).
 	ReferenceRefresh time.Duration
+	// HistoryKeep is how long stored history entries stay in the Redis
+	// trade streams (BROKER_HISTORY_KEEP, default 1h; "forever" keeps
+	// them; zero means the default). Entries not yet in ClickHouse are
+	// always kept.
+	HistoryKeep time.Duration
 	// Consumer names this process in the history consumer group; it should
 	// survive restarts (default: host name + listen port).
 	Consumer string // BROKER_CONSUMER
@@ -66,6 +71,16 @@ func ConfigFromEnv(getenv func(string) string) (MainConfig, error) {
 			return c, fmt.Errorf("BROKER_REFERENCE_REFRESH must be a duration from 100ms to 24h, like 1m")
 		}
 		c.ReferenceRefresh = d
+	}
+	c.HistoryKeep = catalog.DefaultTrimAfter
+	if v := getenv("BROKER_HISTORY_KEEP"); v == "forever" {
+		c.HistoryKeep = -1
+	} else if v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < time.Minute {
+			return c, fmt.Errorf("BROKER_HISTORY_KEEP must be a duration of at least 1m, like 1h, or forever")
+		}
+		c.HistoryKeep = d
 	}
 	var ok bool
 	if c.AccountRate, ok = ParseRate(get("BROKER_RATE_LIMIT", "100:500")); !ok {
@@ -188,6 +203,10 @@ func (m *Main) Run(ctx context.Context) error {
 		consumer = host + "-" + cfg.Listen
 	}
 	src := catalog.NewHistorySource(rdb, cat.Markets(), "history", consumer)
+	if m.Config.HistoryKeep != 0 {
+		src.TrimAfter = m.Config.HistoryKeep
+	}
+	metrics.RegisterGauge("broker_history_trimmed_total", "History entries trimmed from the Redis trade streams after they were stored.", func() float64 { return float64(src.Trimmed.Load()) })
 	m.writer = history.NewWriter(hist, streamSource{src}, history.WriterOptions{Logger: m.log})
 	metrics.RegisterGauge("broker_history_lag_seconds", "Age of the oldest trade not yet stored in ClickHouse.", func() float64 { return m.writer.Stats().LagSeconds })
 	metrics.RegisterGauge("broker_history_pending", "Trades read from Redis and not yet stored in ClickHouse.", func() float64 { return float64(m.writer.Stats().Pending) })

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -29,6 +31,8 @@ const (
 	DefaultReclaimIdle     = 30 * time.Second
 	DefaultReclaimInterval = 10 * time.Second
 	historyIdleWait        = 100 * time.Millisecond
+	DefaultTrimAfter       = time.Hour
+	DefaultTrimInterval    = time.Minute
 )
 
 // HistorySource reads the market trade streams through a Redis consumer group
@@ -45,8 +49,11 @@ const (
 // stable across restarts of a process (e.g. the host name) so that its own
 // pending entries come back to it.
 //
-// Streams are never trimmed here: entries stay after XACK. Trimming below
-// the group's oldest pending entry is left to a later maintenance task.
+// Entries stay in their streams after XACK; every TrimInterval, Ack trims
+// each stream of the entries older than TrimAfter that the group has
+// stored: below both its last delivered entry and its oldest pending one.
+// So the streams hold about TrimAfter of history plus whatever the writer
+// has not stored yet, however long ClickHouse is away.
 //
 // A HistorySource is used by one goroutine (the writer's): Read and Ack must
 // not be called concurrently. Set ReclaimIdle and ReclaimInterval before the
@@ -64,6 +71,13 @@ type HistorySource struct {
 	ReclaimIdle time.Duration
 	// ReclaimInterval is how often to look for such entries (default 10s).
 	ReclaimInterval time.Duration
+	// TrimAfter is how long stored entries stay in the streams (default
+	// 1h); TrimInterval how often Ack trims (default 1m). A negative
+	// TrimAfter keeps every entry.
+	TrimAfter, TrimInterval time.Duration
+	trimAt                  time.Time // next trim
+	// Trimmed counts the entries trimmed so far.
+	Trimmed atomic.Int64
 }
 
 type historyStream struct {
@@ -82,6 +96,8 @@ func NewHistorySource(rdb redis.UniversalClient, markets []market.MarketKey, gro
 		consumer:        consumer,
 		ReclaimIdle:     DefaultReclaimIdle,
 		ReclaimInterval: DefaultReclaimInterval,
+		TrimAfter:       DefaultTrimAfter,
+		TrimInterval:    DefaultTrimInterval,
 	}
 	seen := map[string]bool{}
 	for _, m := range markets {
@@ -354,5 +370,99 @@ func (s *HistorySource) Ack(ctx context.Context, entries []StreamEntry) error {
 			errs = append(errs, fmt.Errorf("catalog: ack %d entries of %s: %w", len(ids[order[i]]), order[i], err))
 		}
 	}
+	if len(errs) == 0 && s.TrimAfter >= 0 && time.Now().After(s.trimAt) {
+		// A failed trim is not a failed ack: it is tried again next time.
+		s.trimAt = time.Now().Add(s.TrimInterval)
+		_, _ = s.Trim(ctx, time.Now().Add(-s.TrimAfter))
+	}
 	return errors.Join(errs...)
+}
+
+// Trim removes from each stream the entries older than before that the
+// group has stored (below its last delivered entry and its oldest pending
+// one) and returns how many it removed. A stream whose group does not
+// exist yet is left alone.
+func (s *HistorySource) Trim(ctx context.Context, before time.Time) (int64, error) {
+	pipe := s.rdb.Pipeline()
+	groups := make([]*redis.XInfoGroupsCmd, len(s.streams))
+	pending := make([]*redis.XPendingCmd, len(s.streams))
+	for i, st := range s.streams {
+		groups[i] = pipe.XInfoGroups(ctx, st.key)
+		pending[i] = pipe.XPending(ctx, st.key, s.group)
+	}
+	_, _ = pipe.Exec(ctx)
+	cutoff := streamID{ms: uint64(max(0, before.UnixMilli()))}
+	var errs []error
+	pipe = s.rdb.Pipeline()
+	var trims []*redis.IntCmd
+	for i, st := range s.streams {
+		gs, err := groups[i].Result()
+		if err != nil {
+			if !strings.Contains(err.Error(), "no such key") {
+				errs = append(errs, fmt.Errorf("catalog: trim %s: %w", st.key, err))
+			}
+			continue
+		}
+		var last string
+		for _, g := range gs {
+			if g.Name == s.group {
+				last = g.LastDeliveredID
+			}
+		}
+		if last == "" {
+			continue // no group: nothing is known to be stored
+		}
+		// Entries below the first still pending, and up to the last
+		// delivered, are stored.
+		bound, ok := parseStreamID(last)
+		if !ok {
+			continue
+		}
+		bound.seq++ // MINID keeps entries at or above it
+		if p, err := pending[i].Result(); err == nil && p.Count > 0 {
+			if low, ok := parseStreamID(p.Lower); ok && low.less(bound) {
+				bound = low
+			}
+		} else if err != nil && !errors.Is(err, redis.Nil) {
+			errs = append(errs, fmt.Errorf("catalog: trim %s: %w", st.key, err))
+			continue
+		}
+		if cutoff.less(bound) {
+			bound = cutoff
+		}
+		trims = append(trims, pipe.XTrimMinID(ctx, st.key, bound.String()))
+	}
+	if len(trims) == 0 {
+		return 0, errors.Join(errs...)
+	}
+	_, _ = pipe.Exec(ctx)
+	var n int64
+	for _, c := range trims {
+		if err := c.Err(); err != nil {
+			errs = append(errs, fmt.Errorf("catalog: trim: %w", err))
+			continue
+		}
+		n += c.Val()
+	}
+	s.Trimmed.Add(n)
+	return n, errors.Join(errs...)
+}
+
+// streamID is a Redis stream entry id, <ms>-<seq>.
+type streamID struct{ ms, seq uint64 }
+
+func parseStreamID(id string) (streamID, bool) {
+	a, b, ok := strings.Cut(id, "-")
+	if !ok {
+		return streamID{}, false
+	}
+	ms, err1 := strconv.ParseUint(a, 10, 64)
+	seq, err2 := strconv.ParseUint(b, 10, 64)
+	return streamID{ms, seq}, err1 == nil && err2 == nil
+}
+
+func (a streamID) less(b streamID) bool { return a.ms < b.ms || a.ms == b.ms && a.seq < b.seq }
+
+func (a streamID) String() string {
+	return strconv.FormatUint(a.ms, 10) + "-" + strconv.FormatUint(a.seq, 10)
 }

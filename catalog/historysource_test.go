@@ -277,3 +277,66 @@ func TestHistorySourceDeletedEntries(t *testing.T) {
 		t.Errorf("read %d after the stream came back, want 3", len(got))
 	}
 }
+
+// TestHistorySourceTrim: only entries the group has stored go, and only
+// those older than the cutoff; entries pending (read, not stored) or never
+// read stay, whatever their age.
+func TestHistorySourceTrim(t *testing.T) {
+	rdb, ctx := historyRedis(t)
+	m := historyMarkets[0]
+	s := NewHistorySource(rdb, historyMarkets[:1], historyGroup, "c1")
+	s.TrimAfter = -1 // trimmed by hand below
+	ids := historyAddEntries(t, ctx, rdb, m, 10)
+	if n, err := s.Trim(ctx, time.Now().Add(time.Hour)); err != nil || n != 0 {
+		t.Fatalf("trim before the group exists: %d %v", n, err)
+	}
+	got, err := s.Read(ctx, 6) // reads 6 of 10
+	if err != nil || len(got) != 6 {
+		t.Fatalf("read %d: %v", len(got), err)
+	}
+	if err := s.Ack(ctx, got[:4]); err != nil { // stores the first 4; 2 stay pending
+		t.Fatal(err)
+	}
+	// A cutoff before every entry trims nothing.
+	if n, err := s.Trim(ctx, time.UnixMilli(0)); err != nil || n != 0 {
+		t.Fatalf("trim with an old cutoff: %d %v", n, err)
+	}
+	n, err := s.Trim(ctx, time.Now().Add(time.Hour))
+	if err != nil || n != 4 {
+		t.Fatalf("trimmed %d (%v), want the 4 stored", n, err)
+	}
+	left, err := rdb.XRange(ctx, TradeStreamKey(m), "-", "+").Result()
+	if err != nil || len(left) != 6 || left[0].ID != ids[4] {
+		t.Fatalf("left %v %v, want from %s on", left, err, ids[4])
+	}
+	// Storing the pending ones and reading the rest lets everything go.
+	if err := s.Ack(ctx, got[4:]); err != nil {
+		t.Fatal(err)
+	}
+	rest := historyReadAll(t, ctx, s, 10)
+	if len(rest) != 4 {
+		t.Fatalf("read %d more", len(rest))
+	}
+	if err := s.Ack(ctx, rest); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.Trim(ctx, time.Now().Add(time.Hour)); err != nil || n != 6 {
+		t.Fatalf("trimmed %d (%v), want 6", n, err)
+	}
+	if s.Trimmed.Load() != 10 {
+		t.Fatalf("Trimmed = %d", s.Trimmed.Load())
+	}
+	// Ack trims by itself once TrimInterval has passed.
+	more := historyAddEntries(t, ctx, rdb, m, 3)
+	s.TrimAfter, s.TrimInterval = 0, time.Hour
+	e := historyReadAll(t, ctx, s, 10)
+	if len(e) != 3 || e[0].ID != more[0] {
+		t.Fatalf("read %v", e)
+	}
+	if err := s.Ack(ctx, e); err != nil {
+		t.Fatal(err)
+	}
+	if l, _ := rdb.XLen(ctx, TradeStreamKey(m)).Result(); l != 0 {
+		t.Fatalf("%d entries left after Ack", l)
+	}
+}
