@@ -230,3 +230,86 @@ func TestAnalyticsEndpoints(t *testing.T) {
 		}
 	}
 }
+
+// TestBudgetAndCapacityAnalytics: a programme's burn over the window and
+// its exhaustion forecast; capacity listed now against unit-hours sold.
+func TestBudgetAndCapacityAnalytics(t *testing.T) {
+	e := newEnv(t)
+	reg := e.account("regulator", "R", nil)
+	p := e.account("provider", "Alpha", nil)
+	s := e.account("sme", "Small Co", map[string]any{"size": "small"})
+	e.must(200, "POST", "/api/v1/providers/"+p.id+"/approve", reg.token, nil)
+	e.must(201, "POST", "/api/v1/offers", p.token, offerBody("gpu.h100-80g", "cn-east", 16, "20.00"))
+	e.must(201, "POST", "/api/v1/offers", p.token, offerBody("cpu.standard", "cn-north", 64, "0.30"))
+	body := programBody("Pilot", "0.20", []string{})
+	body["budget"] = "1000.00"
+	prog := e.must(201, "POST", "/api/v1/programs", reg.token, body).str("id")
+	e.must(201, "POST", "/api/v1/vouchers", reg.token, map[string]any{
+		"program_id": prog, "holder_id": s.id, "amount": "1000.00", "expires_at": "2029-06-30T00:00:00Z"})
+	o := e.must(201, "POST", "/api/v1/orders", s.token, map[string]any{
+		"resource_class": "gpu.h100-80g", "regions": []string{"cn-east"}, "units": 2, "hours": 10}, "Idempotency-Key", "k1")
+	if o.str("gross") != "400.00" || o.str("discount") != "80.00" {
+		t.Fatalf("order %s", o.Raw)
+	}
+	e.waitTrades(reg.token, 1)
+
+	// 80.00 burned in 10 days: 8.00 a day; 920.00 left lasts 115 days.
+	before := time.Now()
+	r := e.must(200, "GET", "/api/v1/analytics/budgets?days=10", reg.token, nil)
+	progs, _ := r.Body["programs"].([]any)
+	if r.num("window_days") != 10 || len(progs) != 1 {
+		t.Fatalf("budgets %s", r.Raw)
+	}
+	g := progs[0].(map[string]any)
+	for k, want := range map[string]any{"program_id": prog, "name": "Pilot", "budget": "1000.00", "spent": "80.00", "held": "0.00",
+		"left": "920.00", "burned": "80.00", "burn_per_day": "8.00", "days_left": "115.0", "valid_to": "2030-01-01T00:00:00Z",
+		"exhausts_before_end": true} {
+		if g[k] != want {
+			t.Errorf("budgets: %s = %v, want %v", k, g[k], want)
+		}
+	}
+	at, err := time.Parse(time.RFC3339, g["exhausts_at"].(string))
+	if want := before.Add(115 * 24 * time.Hour); err != nil || at.Before(want.Add(-time.Minute)) || at.After(want.Add(time.Minute)) {
+		t.Errorf("exhausts_at %v (%v), want about %v", g["exhausts_at"], err, want)
+	}
+	for _, q := range []string{"days=0", "days=400", "days=ten"} {
+		if r := e.call("GET", "/api/v1/analytics/budgets?"+q, reg.token, nil); r.Status != 400 || r.errCode() != "invalid_argument" {
+			t.Errorf("budgets?%s: %d %s", q, r.Status, r.Raw)
+		}
+	}
+	for _, path := range []string{"budgets", "capacity"} {
+		if r := e.call("GET", "/api/v1/analytics/"+path, s.token, nil); r.Status != 403 {
+			t.Errorf("%s as an SME: %d", path, r.Status)
+		}
+	}
+
+	// Capacity: the books show the 2 units leased within a moment.
+	type row struct {
+		class, region                string
+		offers, listed, free, leased float64
+		util                         string
+		sold, trades                 float64
+	}
+	want := []row{{"cpu.standard", "cn-north", 1, 64, 64, 0, "0.0000", 0, 0}, {"gpu.h100-80g", "cn-east", 1, 16, 14, 2, "0.1250", 20, 1}}
+	var got []row
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got = got[:0]
+		for _, x := range e.must(200, "GET", "/api/v1/analytics/capacity", reg.token, nil).Body["markets"].([]any) {
+			m := x.(map[string]any)
+			got = append(got, row{m["resource_class"].(string), m["region"].(string), m["offers"].(float64), m["units_listed"].(float64),
+				m["units_free"].(float64), m["units_leased"].(float64), m["utilisation"].(string), m["sold_unit_hours"].(float64), m["trades"].(float64)})
+		}
+		if len(got) == 2 && got[0] == want[0] && got[1] == want[1] || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
+		t.Fatalf("capacity %+v, want %+v", got, want)
+	}
+	ms := e.must(200, "GET", "/api/v1/analytics/capacity?region=cn-north", reg.token, nil).Body["markets"].([]any)
+	if len(ms) != 1 || ms[0].(map[string]any)["resource_class"] != "cpu.standard" {
+		t.Fatalf("capacity in cn-north %v", ms)
+	}
+}

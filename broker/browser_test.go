@@ -146,4 +146,7 @@ func TestRegulatorDashboardInBrowser(t *testing.T) {
 	pg.waitFor("HHI of a one-provider market", `document.querySelector("#conc-hhi").textContent.trim() === "10000.00" &&
 		document.querySelector("#conc-level").textContent.includes("highly concentrated")`, 10*time.Second)
 	pg.waitFor("the price index row", `document.querySelector("#pi-rows").textContent.includes("13.0000")`, 10*time.Second)
+	// 8 units listed, 2 leased: 25 %, 10 unit-hours sold.
+	pg.waitFor("the capacity row", `(t => t.includes("gpu.910b-64g · cn-west") && t.includes("25.00 %") && t.includes("10"))(document.querySelector("#cap-rows").textContent)`, 10*time.Second)
+	pg.waitFor("the budgets panel", `document.querySelector("#budget-rows").textContent.includes("No programmes yet.")`, 10*time.Second)
 }

@@ -155,6 +155,8 @@ func NewApp(svc *Service, cfg ServerConfig) *fiber.App {
 	api.Get("/analytics/concentration", auth, h.concentration)
 	api.Get("/analytics/subsidies", auth, h.subsidies)
 	api.Get("/analytics/alerts", auth, h.alerts)
+	api.Get("/analytics/budgets", auth, h.budgets)
+	api.Get("/analytics/capacity", auth, h.capacity)
 	if cfg.Extra != nil {
 		cfg.Extra(app, auth)
 	}

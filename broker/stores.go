@@ -44,6 +44,8 @@ type OfferStore interface {
 type Ledger interface {
 	CreateProgram(ctx context.Context, p market.Program) error
 	Program(ctx context.Context, id string) (market.Program, error)
+	Programs(ctx context.Context) ([]market.Program, error)
+	ProgramBudget(ctx context.Context, id string) (ledger.Budget, error)
 	IssueVoucher(ctx context.Context, v market.Voucher) error
 	Vouchers(ctx context.Context, smeID string) ([]ledger.VoucherState, error)
 	AllVouchers(ctx context.Context) ([]ledger.VoucherState, error)
@@ -87,6 +89,8 @@ type History interface {
 	PriceHikes(ctx context.Context, f history.AnalyticsFilter, basisPoints int64) ([]history.PriceHike, error)
 	VoucherPairs(ctx context.Context, f history.AnalyticsFilter) ([]history.VoucherPair, error)
 	OrderDiscounts(ctx context.Context, f history.AnalyticsFilter) ([]history.OrderDiscount, error)
+	ProgramDiscounts(ctx context.Context, f history.AnalyticsFilter) (map[string]decimal.Decimal, error)
+	MarketVolumes(ctx context.Context, f history.AnalyticsFilter) ([]history.MarketVolume, error)
 }
 
 var (

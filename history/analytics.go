@@ -475,3 +475,62 @@ func (s *Store) ReferencePrices(ctx context.Context, since time.Time) (map[marke
 	}
 	return out, nil
 }
+
+// ProgramDiscounts returns the discount paid under each programme by the
+// trades the filter selects, refunded trades left out.
+func (s *Store) ProgramDiscounts(ctx context.Context, f AnalyticsFilter) (map[string]decimal.Decimal, error) {
+	w, args := s.where(f, true)
+	q := "SELECT program_id, sum(discount) FROM " + s.table("trades") +
+		" FINAL WHERE " + w + " AND discount > 0 AND program_id != '' GROUP BY program_id"
+	rows, err := s.conn.Query(ctx, q, args...)
+	if err != nil {
+		return nil, unavailable("query programme discounts", err)
+	}
+	defer rows.Close()
+	out := map[string]decimal.Decimal{}
+	for rows.Next() {
+		var (
+			id string
+			d  decimal.Decimal
+		)
+		if err := rows.Scan(&id, &d); err != nil {
+			return nil, unavailable("read programme discounts", err)
+		}
+		out[id] = d
+	}
+	if err := rows.Err(); err != nil {
+		return nil, unavailable("read programme discounts", err)
+	}
+	return out, nil
+}
+
+// MarketVolume is what one market sold: unit-hours and trades.
+type MarketVolume struct {
+	ResourceClass, Region string
+	UnitHours, Trades     int64
+}
+
+// MarketVolumes returns the volume sold per market by the trades the filter
+// selects, refunded trades left out, ordered by class and region.
+func (s *Store) MarketVolumes(ctx context.Context, f AnalyticsFilter) ([]MarketVolume, error) {
+	w, args := s.where(f, true)
+	q := "SELECT resource_class, region, sum(units * hours), toInt64(count()) FROM " + s.table("trades") +
+		" FINAL WHERE " + w + " GROUP BY resource_class, region ORDER BY resource_class, region"
+	rows, err := s.conn.Query(ctx, q, args...)
+	if err != nil {
+		return nil, unavailable("query market volumes", err)
+	}
+	defer rows.Close()
+	var out []MarketVolume
+	for rows.Next() {
+		var v MarketVolume
+		if err := rows.Scan(&v.ResourceClass, &v.Region, &v.UnitHours, &v.Trades); err != nil {
+			return nil, unavailable("read market volumes", err)
+		}
+		out = append(out, v)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, unavailable("read market volumes", err)
+	}
+	return out, nil
+}

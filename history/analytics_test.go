@@ -229,3 +229,34 @@ func TestPriceHikesAndPairs(t *testing.T) {
 		t.Fatalf("order discounts %+v %v", os, err)
 	}
 }
+
+// TestProgramDiscountsAndVolumes: discounts per programme and volume per
+// market over the hand-computed market, the refunded trade left out.
+func TestProgramDiscountsAndVolumes(t *testing.T) {
+	s := openStore(t)
+	analyticsTrades(t, s)
+	ctx := testContext(t)
+	disc, err := s.ProgramDiscounts(ctx, AnalyticsFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prog := trade(1).ProgramID
+	if len(disc) != 1 || disc[prog].String() != "616" { // 516 + 100
+		t.Fatalf("programme discounts %v", disc)
+	}
+	// A window after the 09:00 trades sees none.
+	if disc, err := s.ProgramDiscounts(ctx, AnalyticsFilter{From: t0.Add(time.Hour)}); err != nil || len(disc) != 0 {
+		t.Fatalf("later window: %v %v", disc, err)
+	}
+	vols, err := s.MarketVolumes(ctx, AnalyticsFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []MarketVolume{{"gpu.h100-80g", "cn-east", 1, 1}, {"gpu.h100-80g", "cn-north", 112, 3}}
+	if len(vols) != 2 || vols[0] != want[0] || vols[1] != want[1] {
+		t.Fatalf("volumes %+v, want %+v", vols, want)
+	}
+	if vols, err := s.MarketVolumes(ctx, AnalyticsFilter{Region: "cn-east"}); err != nil || len(vols) != 1 || vols[0] != want[0] {
+		t.Fatalf("cn-east volumes %+v %v", vols, err)
+	}
+}

@@ -237,3 +237,38 @@ func (s *Store) CapUsed(ctx context.Context, smeID, programID string, year int) 
 	}
 	return fromFen(toInt(v[0])), fromFen(toInt(v[1])), nil
 }
+
+// Programs returns every programme, ordered by id.
+func (s *Store) Programs(ctx context.Context) ([]market.Program, error) {
+	ids, err := s.rdb.SMembers(ctx, programsKey).Result()
+	if err != nil {
+		return nil, unavailable("list programs", err)
+	}
+	sort.Strings(ids)
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.StringCmd, len(ids))
+	for i, id := range ids {
+		cmds[i] = pipe.Get(ctx, programKey(id))
+	}
+	if len(ids) > 0 {
+		if _, err := pipe.Exec(ctx); err != nil && !isNil(err) {
+			return nil, unavailable("list programs", err)
+		}
+	}
+	out := make([]market.Program, 0, len(ids))
+	for i, c := range cmds {
+		body, err := c.Bytes()
+		if isNil(err) {
+			continue
+		}
+		if err != nil {
+			return nil, unavailable("list programs", err)
+		}
+		var p market.Program
+		if err := json.Unmarshal(body, &p); err != nil {
+			return nil, fmt.Errorf("ledger: decode program %s: %w", ids[i], err)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}

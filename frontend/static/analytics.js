@@ -1,5 +1,6 @@
 // The analytics section of the regulator dashboard: price index (chart and
-// table), OHLC candles, provider concentration, subsidies and alerts.
+// table), OHLC candles, provider concentration, subsidies, programme budgets,
+// capacity listed and sold, and alerts.
 // Prices, shares and money stay the decimal strings the API sends; the only
 // float conversion is a vwap turned into a pixel position for the chart.
 import {
@@ -41,7 +42,7 @@ const interval = () => $("analytics-filters").elements.interval.value;
 
 function noToken() {
   const text = "Save your regulator token to see analytics.";
-  for (const t of ["pi-rows", "ohlc-rows", "conc-rows", "sub-rows", "alerts-rows"]) fillTable($(t), [], [], text);
+  for (const t of ["pi-rows", "ohlc-rows", "conc-rows", "sub-rows", "budget-rows", "cap-rows", "alerts-rows"]) fillTable($(t), [], [], text);
   drawChart([]);
   $("conc-hhi").textContent = $("conc-cr4").textContent = $("sub-gini").textContent = "—";
   $("conc-level").replaceChildren();
@@ -237,6 +238,50 @@ async function loadAlerts() {
   }
 }
 
+// ---------- programme budgets ----------
+
+async function loadBudgets() {
+  const msg = $("budget-msg");
+  try {
+    const r = await api("/api/v1/analytics/budgets", { role: ROLE, query: { days: $("budget-days").value } });
+    clearMsg(msg);
+    fillTable($("budget-rows"), [
+      { value: (p) => el("span", { title: p.program_id }, p.name || p.program_id) },
+      { value: (p) => el("strong", {}, p.left), num: true },
+      { value: (p) => p.spent, num: true },
+      { value: (p) => p.burn_per_day, num: true },
+      {
+        value: (p) =>
+          p.exhausts_at
+            ? el("span", {}, timeEl(p.exhausts_at), ` (${p.days_left} days)`,
+                p.exhausts_before_end && " ", p.exhausts_before_end && el("span", { class: "badge high" }, "before its end"))
+            : "not at this rate",
+      },
+    ], r.programs || [], "No programmes yet.");
+  } catch (e) {
+    showError(msg, e);
+  }
+}
+
+// ---------- capacity ----------
+
+async function loadCapacity() {
+  const msg = $("cap-msg");
+  try {
+    const { markets } = await api("/api/v1/analytics/capacity", { role: ROLE, query: query() });
+    clearMsg(msg);
+    fillTable($("cap-rows"), [
+      { value: (m) => `${m.resource_class} · ${m.region}` },
+      { value: (m) => String(m.units_listed), num: true },
+      { value: (m) => String(m.units_leased), num: true },
+      { value: (m) => percent(m.utilisation), num: true },
+      { value: (m) => String(m.sold_unit_hours), num: true },
+    ], markets || [], "No capacity listed or sold in the selected range.");
+  } catch (e) {
+    showError(msg, e);
+  }
+}
+
 // ---------- start ----------
 
 export function loadAnalytics() {
@@ -245,7 +290,7 @@ export function loadAnalytics() {
   const button = form.querySelector("button");
   button.disabled = true;
   form.setAttribute("aria-busy", "true");
-  return Promise.allSettled([loadPriceIndex(), loadOHLC(), loadConcentration(), loadSubsidies(), loadAlerts()]).finally(() => {
+  return Promise.allSettled([loadPriceIndex(), loadOHLC(), loadConcentration(), loadSubsidies(), loadBudgets(), loadCapacity(), loadAlerts()]).finally(() => {
     button.disabled = false;
     form.removeAttribute("aria-busy");
   });
@@ -268,6 +313,7 @@ export async function initAnalytics() {
   const onlyIf = (fn) => () => (getToken(ROLE) ? fn() : noToken());
   $("conc-by").addEventListener("change", onlyIf(loadConcentration));
   $("sub-by").addEventListener("change", onlyIf(loadSubsidies));
+  $("budget-days").addEventListener("change", onlyIf(loadBudgets));
   document.addEventListener("tokenchange", () => loadAnalytics());
   let resizeTimer;
   addEventListener("resize", () => {
