@@ -29,7 +29,7 @@ const (
 
 // Alert is one suspicious pattern found in the history.
 type Alert struct {
-	Kind     string // related_party, price_hike or cap_gaming
+	Kind     string // related_party, round_trip, price_hike or cap_gaming
 	Severity string // warning or high
 	Subject  string // the SME or offer concerned
 	Detail   string
@@ -153,8 +153,9 @@ func (s *Service) Subsidies(ctx context.Context, caller market.Account, f Analyt
 	return groups, gini, nil
 }
 
-// Alerts looks for related-party subsidised trades, price hikes over list
-// price and per-order-cap gaming (regulator or operator), oldest first.
+// Alerts looks for related-party subsidised trades, round trips, price
+// hikes over list price and per-order-cap gaming (regulator or operator),
+// oldest first.
 func (s *Service) Alerts(ctx context.Context, caller market.Account, f AnalyticsQuery) ([]Alert, error) {
 	if err := s.checkAnalytics(caller, f); err != nil {
 		return nil, err
@@ -197,6 +198,12 @@ func (s *Service) Alerts(ctx context.Context, caller market.Account, f Analytics
 			Detail: fmt.Sprintf("SME %s and provider %s share a related-party key; %d subsidised trades, discount %s",
 				p.SMEID, p.ProviderID, p.Trades, market.FormatAmount(p.Discount))})
 	}
+
+	trips, err := s.roundTrips(ctx, f, account)
+	if err != nil {
+		return nil, err
+	}
+	alerts = append(alerts, trips...)
 
 	hikes, err := s.history.PriceHikes(ctx, f, hikeWarnBP)
 	if err != nil {
@@ -280,6 +287,92 @@ func (s *Service) Alerts(ctx context.Context, caller market.Account, f Analytics
 		return a.Subject < b.Subject
 	})
 	return alerts, nil
+}
+
+// roundTrips finds two related-party groups that sold capacity to each
+// other: SME a bought from provider p while SME b, related to p, bought
+// from provider q, related to a, with a voucher on at least one side. Each
+// group pays the other with public money and gets it back as revenue. A
+// trade inside one group is related_party, not a round trip. One alert per
+// pair of trading pairs, its subject the SME of the first pair.
+func (s *Service) roundTrips(ctx context.Context, f AnalyticsQuery, account func(string) (*market.Account, error)) ([]Alert, error) {
+	pairs, err := s.history.TradePairs(ctx, f)
+	if err != nil {
+		return nil, err
+	}
+	type pairKey struct{ sme, provider string }
+	index := make(map[pairKey]int, len(pairs))
+	smesByKey, provsByKey := map[string][]string{}, map[string][]string{}
+	seen := map[string]bool{}
+	for i, p := range pairs {
+		index[pairKey{p.SMEID, p.ProviderID}] = i
+		for _, id := range []string{p.SMEID, p.ProviderID} {
+			if seen[id] {
+				continue
+			}
+			seen[id] = true
+			a, err := account(id)
+			if err != nil {
+				return nil, err
+			}
+			if a == nil {
+				continue
+			}
+			for _, k := range a.RelatedPartyKeys {
+				if a.Role == market.RoleSME {
+					smesByKey[k] = append(smesByKey[k], id)
+				} else if a.Role == market.RoleProvider {
+					provsByKey[k] = append(provsByKey[k], id)
+				}
+			}
+		}
+	}
+	var out []Alert
+	reported := map[[2]int]bool{}
+	for i, p := range pairs {
+		a, err := account(p.SMEID)
+		if err != nil {
+			return nil, err
+		}
+		prov, err := account(p.ProviderID)
+		if err != nil {
+			return nil, err
+		}
+		if a == nil || prov == nil || a.RelatedTo(*prov) {
+			continue
+		}
+		for _, k := range prov.RelatedPartyKeys {
+			for _, b := range smesByKey[k] { // SMEs related to p
+				for _, l := range a.RelatedPartyKeys {
+					for _, q := range provsByKey[l] { // providers related to a
+						j, ok := index[pairKey{b, q}]
+						if !ok || j == i {
+							continue
+						}
+						o := pairs[j]
+						key := [2]int{min(i, j), max(i, j)}
+						if reported[key] || !p.Discount.IsPositive() && !o.Discount.IsPositive() {
+							continue
+						}
+						reported[key] = true
+						first, second := p, o
+						if j < i {
+							first, second = o, p
+						}
+						ts := first.LastTS
+						if second.LastTS.After(ts) {
+							ts = second.LastTS
+						}
+						out = append(out, Alert{Kind: "round_trip", Severity: "high", Subject: first.SMEID, TS: ts,
+							Detail: fmt.Sprintf("SME %s bought from provider %s (%d trades, discount %s) while SME %s bought from provider %s (%d trades, discount %s): each SME is related to the other's provider",
+								first.SMEID, first.ProviderID, first.Trades, market.FormatAmount(first.Discount),
+								second.SMEID, second.ProviderID, second.Trades, market.FormatAmount(second.Discount))})
+					}
+				}
+			}
+		}
+	}
+	return out, nil
 }
 
 // ---- HTTP ----

@@ -313,3 +313,58 @@ func TestBudgetAndCapacityAnalytics(t *testing.T) {
 		t.Fatalf("capacity in cn-north %v", ms)
 	}
 }
+
+// TestRoundTripAlert: two related-party groups buying each other's capacity
+// with a voucher make one round_trip alert; a third, unrelated buyer and a
+// pair without any voucher make none.
+func TestRoundTripAlert(t *testing.T) {
+	e := newEnv(t)
+	reg := e.account("regulator", "R", nil)
+	keys := func(k string) map[string]any { return map[string]any{"related_party_keys": []string{k}} }
+	p1 := e.account("provider", "North Compute", keys("tax:north"))
+	p2 := e.account("provider", "South Compute", keys("tax:south"))
+	p3 := e.account("provider", "West Compute", keys("tax:west"))
+	s1 := e.account("sme", "North Labs", keys("tax:north"))
+	s2 := e.account("sme", "South Labs", keys("tax:south"))
+	s3 := e.account("sme", "Independent", nil)
+	s4 := e.account("sme", "West Labs", keys("tax:west"))
+	for _, p := range []account{p1, p2, p3} {
+		e.must(200, "POST", "/api/v1/providers/"+p.id+"/approve", reg.token, nil)
+	}
+	const class = "gpu.l40s-48g"
+	e.must(201, "POST", "/api/v1/offers", p1.token, offerBody(class, "cn-north", 16, "10.00"))
+	e.must(201, "POST", "/api/v1/offers", p2.token, offerBody(class, "cn-south", 16, "10.00"))
+	e.must(201, "POST", "/api/v1/offers", p3.token, offerBody(class, "cn-west", 16, "10.00"))
+	prog := e.must(201, "POST", "/api/v1/programs", reg.token, programBody("Pilot", "0.20", []string{})).str("id")
+	e.must(201, "POST", "/api/v1/vouchers", reg.token, map[string]any{
+		"program_id": prog, "holder_id": s1.id, "amount": "1000.00", "expires_at": "2029-06-30T00:00:00Z"})
+	buy := func(s account, region, key string) {
+		t.Helper()
+		e.must(201, "POST", "/api/v1/orders", s.token, map[string]any{
+			"resource_class": class, "regions": []string{region}, "units": 1, "hours": 10}, "Idempotency-Key", key)
+	}
+	buy(s1, "cn-south", "a") // North buys South's capacity with a voucher: 20.00 off
+	buy(s2, "cn-north", "b") // South buys North's, no voucher
+	buy(s3, "cn-north", "c") // unrelated
+	buy(s4, "cn-south", "d") // West buys South's and South never buys West's
+	e.waitTrades(reg.token, 4)
+
+	var trips []map[string]any
+	for _, x := range e.must(200, "GET", "/api/v1/analytics/alerts", reg.token, nil).Body["alerts"].([]any) {
+		if a := x.(map[string]any); a["kind"] == "round_trip" {
+			trips = append(trips, a)
+		}
+	}
+	if len(trips) != 1 {
+		t.Fatalf("round trips %v", trips)
+	}
+	a := trips[0]
+	first, other := s1, s2
+	if s2.id < s1.id {
+		first, other = s2, s1
+	}
+	if a["severity"] != "high" || a["subject"] != first.id || !strings.Contains(a["detail"].(string), other.id) ||
+		!strings.Contains(a["detail"].(string), "discount 20.00") {
+		t.Fatalf("round trip alert %v", a)
+	}
+}

@@ -88,6 +88,7 @@ type History interface {
 	Subsidies(ctx context.Context, f history.AnalyticsFilter, groupBy string) ([]history.SubsidyGroup, error)
 	PriceHikes(ctx context.Context, f history.AnalyticsFilter, basisPoints int64) ([]history.PriceHike, error)
 	VoucherPairs(ctx context.Context, f history.AnalyticsFilter) ([]history.VoucherPair, error)
+	TradePairs(ctx context.Context, f history.AnalyticsFilter) ([]history.VoucherPair, error)
 	OrderDiscounts(ctx context.Context, f history.AnalyticsFilter) ([]history.OrderDiscount, error)
 	ProgramDiscounts(ctx context.Context, f history.AnalyticsFilter) (map[string]decimal.Decimal, error)
 	MarketVolumes(ctx context.Context, f history.AnalyticsFilter) ([]history.MarketVolume, error)

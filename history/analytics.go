@@ -380,12 +380,23 @@ type VoucherPair struct {
 // VoucherPairs returns the (SME, provider) pairs that traded with a voucher
 // applied (discount > 0), by SME then provider.
 func (s *Store) VoucherPairs(ctx context.Context, f AnalyticsFilter) ([]VoucherPair, error) {
+	return s.pairs(ctx, f, " AND discount > 0")
+}
+
+// TradePairs returns every (SME, provider) pair that traded, with or
+// without a voucher, by SME then provider; Discount sums the pair's
+// discounts.
+func (s *Store) TradePairs(ctx context.Context, f AnalyticsFilter) ([]VoucherPair, error) {
+	return s.pairs(ctx, f, "")
+}
+
+func (s *Store) pairs(ctx context.Context, f AnalyticsFilter, and string) ([]VoucherPair, error) {
 	w, args := s.where(f, true)
 	q := "SELECT sme_id, provider_id, count(), sum(discount), toUInt32(max(ts)) FROM " + s.table("trades") +
-		" FINAL WHERE " + w + " AND discount > 0 GROUP BY sme_id, provider_id ORDER BY sme_id, provider_id"
+		" FINAL WHERE " + w + and + " GROUP BY sme_id, provider_id ORDER BY sme_id, provider_id"
 	rows, err := s.conn.Query(ctx, q, args...)
 	if err != nil {
-		return nil, unavailable("query voucher pairs", err)
+		return nil, unavailable("query trade pairs", err)
 	}
 	defer rows.Close()
 	var out []VoucherPair
@@ -395,13 +406,13 @@ func (s *Store) VoucherPairs(ctx context.Context, f AnalyticsFilter) ([]VoucherP
 			ts uint32
 		)
 		if err := rows.Scan(&p.SMEID, &p.ProviderID, &p.Trades, &p.Discount, &ts); err != nil {
-			return nil, unavailable("read voucher pairs", err)
+			return nil, unavailable("read trade pairs", err)
 		}
 		p.LastTS = time.Unix(int64(ts), 0).UTC()
 		out = append(out, p)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, unavailable("read voucher pairs", err)
+		return nil, unavailable("read trade pairs", err)
 	}
 	return out, nil
 }

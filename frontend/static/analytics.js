@@ -219,7 +219,7 @@ async function loadSubsidies() {
 
 // ---------- alerts ----------
 
-const KINDS = { related_party: "Related party", price_hike: "Price hike", cap_gaming: "Cap gaming" };
+const KINDS = { related_party: "Related party", round_trip: "Round trip", price_hike: "Price hike", cap_gaming: "Cap gaming" };
 
 async function loadAlerts() {
   const msg = $("alerts-msg");
