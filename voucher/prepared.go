@@ -45,6 +45,7 @@ type Prepared struct {
 	guardC uint64 // guard ratio coefficient, 0 when not representable
 	guardE int32
 	class  market.ResourceClass
+	smeSig uint64 // KeysSig of the SME's related-party keys
 }
 
 // Grants returns the compiled grants in choice order (expires first, then
@@ -60,6 +61,7 @@ func (p *Prepared) Grants() []Compiled { return p.grants }
 func (r Rules) Prepare(p *Prepared, now time.Time, sme market.Account, class market.ResourceClass, grants []Grant) (ok bool) {
 	p.grants = p.grants[:0]
 	p.sme, p.rules, p.class = sme, r, class
+	p.smeSig = KeysSig(sme.RelatedPartyKeys)
 	g := r.guard()
 	p.guardC, p.guardE = 0, g.Exponent()
 	if g.NumDigits() <= 18 {
@@ -67,10 +69,10 @@ func (r Rules) Prepare(p *Prepared, now time.Time, sme market.Account, class mar
 	}
 	for i := range grants {
 		gr := &grants[i]
-		if !r.offerFree(now, sme, class.ID, gr) {
+		if !offerFree(now, sme.ID, class.ID, gr) {
 			continue
 		}
-		rate := Rate(gr.Program, class, sme)
+		rate := rate(&gr.Program, class.Domestic, sme.Startup)
 		bp, exact, clamped := FloorScaled(rate, 4)
 		if !exact && !clamped {
 			return false
@@ -95,9 +97,9 @@ func (r Rules) Prepare(p *Prepared, now time.Time, sme market.Account, class mar
 }
 
 // offerFree runs the checks of Applies that do not depend on the offer.
-func (r Rules) offerFree(now time.Time, sme market.Account, classID string, g *Grant) bool {
+func offerFree(now time.Time, smeID, classID string, g *Grant) bool {
 	switch {
-	case g.Voucher.HolderID != "" && sme.ID != "" && g.Voucher.HolderID != sme.ID,
+	case g.Voucher.HolderID != "" && smeID != "" && g.Voucher.HolderID != smeID,
 		g.Voucher.ProgramID != "" && g.Program.ID != "" && g.Voucher.ProgramID != g.Program.ID,
 		!g.Voucher.ExpiresAt.After(now) || !now.Before(g.Program.ValidTo),
 		now.Before(g.Program.ValidFrom),
@@ -136,6 +138,51 @@ type Target struct {
 	// Ref gives the market reference price of the guard; nil, or a zero
 	// answer, means the list price. It is called at most once per Choose.
 	Ref func(market.Offer) decimal.Decimal
+	// ProviderSig is KeysSig(Provider.RelatedPartyKeys), or 0 for not
+	// given; with it, the provider's keys are read only when the
+	// signatures meet.
+	ProviderSig uint64
+}
+
+// sigKnown marks a signature as computed: KeysSig sets it, so that a
+// provider without keys is told from a signature not given.
+const sigKnown = 1 << 63
+
+// KeysSig hashes related-party keys into a set of 63 bits (and sigKnown):
+// accounts that share a key have signatures that share a bit besides
+// sigKnown.
+func KeysSig(keys []string) uint64 {
+	sig := uint64(sigKnown)
+	for _, k := range keys {
+		h := uint64(14695981039346656037) // FNV-1a
+		for i := 0; i < len(k); i++ {
+			h = (h ^ uint64(k[i])) * 1099511628211
+		}
+		sig |= 1 << (h % 63)
+	}
+	return sig
+}
+
+// related reports whether the SME and the target's provider share a
+// related-party key.
+func (p *Prepared) related(t *Target) bool {
+	if t.ProviderSig != 0 && t.ProviderSig&p.smeSig&^sigKnown == 0 {
+		return false
+	}
+	for _, k := range p.sme.RelatedPartyKeys {
+		for _, l := range t.Provider.RelatedPartyKeys {
+			if k == l {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// inProviders reports whether scope takes the target's provider (an
+// empty scope takes all; the provider's id is read only otherwise).
+func (t *Target) inProviders(scope []string) bool {
+	return len(scope) == 0 || inScope(scope, t.providerID())
 }
 
 func (t *Target) providerID() string {
@@ -152,16 +199,15 @@ func (p *Prepared) Choose(t *Target, gross int64) (index int, discount int64) {
 	if len(p.grants) == 0 || gross <= 0 {
 		return -1, 0
 	}
-	pid := t.providerID()
 	checked := false
 	for i := range p.grants {
 		c := &p.grants[i]
-		if !inScope(c.Regions, t.Region) || !inScope(c.Providers, pid) {
+		if !inScope(c.Regions, t.Region) || !t.inProviders(c.Providers) {
 			continue
 		}
 		if !checked {
 			// Related party and the guard do not depend on the grant.
-			if p.sme.RelatedTo(*t.Provider) || p.aboveGuard(t) {
+			if p.related(t) || p.aboveGuard(t) {
 				return -1, 0
 			}
 			checked = true
@@ -176,8 +222,8 @@ func (p *Prepared) Choose(t *Target, gross int64) (index int, discount int64) {
 // Applicable reports whether c applies to the target (scope, related party,
 // guard), whatever discount it would pay.
 func (p *Prepared) Applicable(c *Compiled, t *Target) bool {
-	return inScope(c.Regions, t.Region) && inScope(c.Providers, t.providerID()) &&
-		!p.sme.RelatedTo(*t.Provider) && !p.aboveGuard(t)
+	return inScope(c.Regions, t.Region) && t.inProviders(c.Providers) &&
+		!p.related(t) && !p.aboveGuard(t)
 }
 
 // aboveGuard reports, exactly, whether the price is above ref × GuardRatio

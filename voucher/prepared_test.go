@@ -86,6 +86,9 @@ func TestPreparedChooseEqualsChoose(t *testing.T) {
 			list = -1
 		}
 		tg := Target{Provider: &prov, Offer: &o, Region: o.Region, PriceTicks: ticks, ListTicks: list, Ref: refFn}
+		if rng.Intn(2) == 0 {
+			tg.ProviderSig = KeysSig(prov.RelatedPartyKeys)
+		}
 		idx, disc := p.Choose(&tg, gross.Shift(2).IntPart())
 		if (idx >= 0) != ok {
 			t.Fatalf("case %d: prepared %d, decimal %v %+v", n, idx, ok, want)
@@ -124,5 +127,35 @@ func TestFloorScaled(t *testing.T) {
 		if v != tt.want || exact != tt.exact || clamped != tt.clamped {
 			t.Errorf("FloorScaled(%s, %d) = %d %v %v", tt.in, tt.scale, v, exact, clamped)
 		}
+	}
+}
+
+// TestKeysSig: accounts that share a key have meeting signatures; a
+// signature is never 0 (0 means not given).
+func TestKeysSig(t *testing.T) {
+	rng := rand.New(rand.NewSource(2))
+	apart := 0
+	for n := 0; n < 5000; n++ {
+		var a, b []string
+		for i := rng.Intn(4); i > 0; i-- {
+			a = append(a, fmt.Sprintf("tax:%d", rng.Intn(200)))
+		}
+		for i := rng.Intn(4); i > 0; i-- {
+			b = append(b, fmt.Sprintf("tax:%d", rng.Intn(200)))
+		}
+		sa, sb := KeysSig(a), KeysSig(b)
+		if sa == 0 || sb == 0 {
+			t.Fatal("zero signature")
+		}
+		shared := (market.Account{RelatedPartyKeys: a}).RelatedTo(market.Account{RelatedPartyKeys: b})
+		if shared && sa&sb&^sigKnown == 0 {
+			t.Fatalf("%v and %v share a key, signatures %x %x do not meet", a, b, sa, sb)
+		}
+		if !shared && sa&sb&^sigKnown == 0 {
+			apart++
+		}
+	}
+	if apart < 1000 {
+		t.Fatalf("signatures told only %d unrelated pairs apart", apart)
 	}
 }

@@ -159,14 +159,18 @@ func inScope(scope []string, id string) bool {
 // Rate is the programme rate for this class and SME: the highest of rate,
 // domestic_rate (domestic classes) and startup_rate (startup SMEs).
 func Rate(p market.Program, class market.ResourceClass, sme market.Account) decimal.Decimal {
-	rate := p.Rate
-	if class.Domestic && p.DomesticRate.GreaterThan(rate) {
-		rate = p.DomesticRate
+	return rate(&p, class.Domestic, sme.Startup)
+}
+
+func rate(p *market.Program, domestic, startup bool) decimal.Decimal {
+	r := p.Rate
+	if domestic && p.DomesticRate.GreaterThan(r) {
+		r = p.DomesticRate
 	}
-	if sme.Startup && p.StartupRate.GreaterThan(rate) {
-		rate = p.StartupRate
+	if startup && p.StartupRate.GreaterThan(r) {
+		r = p.StartupRate
 	}
-	return rate
+	return r
 }
 
 // Discount is floor(min(rate × gross, per_order_cap (when set), available,
