@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 
 	"computebroker/market"
+	"computebroker/voucher"
 )
 
 // maxTicks is market.MaxPrice in ticks: the dearest price a book holds, so
@@ -188,12 +189,11 @@ func (s *Snapshot) Candidates() []Candidate {
 // returns the last published view.
 type Book struct {
 	key     market.MarketKey
-	certs   []string         // certification table: bit i of slot.certs is certs[i]
-	ords    map[string]int32 // provider numbers (slot.ord) of the book's providers
+	certs   []string // certification table: bit i of provider.certs is certs[i]
 	byID    map[string]slot
-	sorted  []slot                     // working copy, book order
-	provs   map[string]*market.Account // latest known provider accounts
-	byProv  map[string][]slot          // working per-provider lists, book order
+	sorted  []slot               // working copy, book order
+	provs   map[string]*provider // latest known provider accounts
+	byProv  map[string][]slot    // working per-provider lists, book order
 	dirty   bool
 	version uint64
 	snap    atomic.Pointer[Snapshot]
@@ -202,34 +202,27 @@ type Book struct {
 // NewBook returns an empty book for key with an empty published snapshot.
 func NewBook(key market.MarketKey) *Book {
 	b := &Book{
-		key: key, byID: map[string]slot{}, provs: map[string]*market.Account{},
-		byProv: map[string][]slot{}, ords: map[string]int32{},
+		key: key, byID: map[string]slot{}, provs: map[string]*provider{},
+		byProv: map[string][]slot{},
 	}
 	b.snap.Store(&Snapshot{Market: key, mkt: &b.key})
 	return b
 }
 
-// bookSlot builds the slot of it for this book: newSlot plus the provider's
-// number and certification bits, which only a book's snapshots use.
-func (b *Book) bookSlot(it *item, prov *market.Account) slot {
-	sl := newSlot(it, prov, &b.key)
-	n, ok := b.ords[prov.ID]
-	if !ok {
-		n = numberProvider(prov.ID)
-		b.ords[prov.ID] = n
-	}
-	sl.ord = n
-	for _, c := range prov.Certifications {
+// provider returns the book's record of the account a.
+func (b *Book) provider(a market.Account) *provider {
+	p := &provider{acct: a, num: numberProvider(a.ID), sig: voucher.KeysSig(a.RelatedPartyKeys)}
+	for _, c := range a.Certifications {
 		i := slices.Index(b.certs, c)
 		if i < 0 && len(b.certs) < maxCerts {
 			i = len(b.certs)
 			b.certs = append(b.certs, c)
 		}
 		if i >= 0 {
-			sl.certs |= 1 << i
+			p.certs |= 1 << i
 		}
 	}
-	return sl
+	return p
 }
 
 // Market returns the book's market.
@@ -269,7 +262,7 @@ func (b *Book) Upsert(offer market.Offer, provider market.Account) error {
 	}
 	p := b.provs[provider.ID]
 	if p == nil {
-		p = &provider
+		p = b.provider(provider)
 		b.provs[provider.ID] = p
 	}
 	if had {
@@ -277,7 +270,7 @@ func (b *Book) Upsert(offer market.Offer, provider market.Account) error {
 	}
 	// Share the book's strings: equal content, one copy, cheap compares.
 	offer.ResourceClass, offer.Region = b.key.Class, b.key.Region
-	b.addSlot(b.bookSlot(&item{Candidate: Candidate{Offer: offer, Provider: *p}}, p))
+	b.addSlot(newSlot(&item{Candidate: Candidate{Offer: offer, Provider: p.acct}}, p, &b.key))
 	b.dirty = true
 	return nil
 }
@@ -313,15 +306,15 @@ func (b *Book) removeSlot(sl slot) {
 // SetProvider records a provider's account (status, certifications, …) and
 // applies it to every offer of the provider in the book.
 func (b *Book) SetProvider(p market.Account) {
-	acct := &p
-	b.provs[p.ID] = acct
+	rec := b.provider(p)
+	b.provs[p.ID] = rec
 	list := b.byProv[p.ID]
 	if len(list) == 0 {
 		return
 	}
 	for _, sl := range slices.Clone(list) {
 		b.removeSlot(sl)
-		b.addSlot(b.bookSlot(&item{Candidate: Candidate{Offer: sl.it.Offer, Provider: p}}, acct))
+		b.addSlot(newSlot(&item{Candidate: Candidate{Offer: sl.it.Offer, Provider: p}}, rec, &b.key))
 	}
 	b.dirty = true
 }
@@ -351,7 +344,7 @@ func (b *Book) Publish() *Snapshot {
 	for i := range s.slots {
 		sl := &s.slots[i]
 		s.hot[i] = packHot(sl)
-		heads[sl.ord].end++
+		heads[sl.prov.num].end++
 	}
 	var at int32
 	for i := range heads {
@@ -360,7 +353,7 @@ func (b *Book) Publish() *Snapshot {
 	}
 	s.provHead, s.prov = heads, make([]provEntry, n)
 	for i := range s.slots {
-		h := &heads[s.slots[i].ord]
+		h := &heads[s.slots[i].prov.num]
 		e := provEntry{key: uint64(s.hot[i].ticks)<<provIndexBits | uint64(i), meta: s.hot[i].meta}
 		if h.end == h.start {
 			h.first = e.key

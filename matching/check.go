@@ -72,13 +72,19 @@ type slot struct {
 	maxHours  int64
 	listTicks int64 // Offer.ListPrice in ticks, -1 when not exact
 	flags     uint8
-	// certs (the provider's certifications as bits of the book's table) and
-	// ord (the provider's number in the book) are set by Book.bookSlot.
-	certs uint32
-	ord   int32
-	prov  *market.Account   // the provider, shared by its offers
-	mkt   *market.MarketKey // the offer's market, shared by the book
-	it    *item
+	prov      *provider         // the provider, shared by its offers
+	mkt       *market.MarketKey // the offer's market, shared by the book
+	it        *item
+}
+
+// provider is the account an offer's slot points to, with what the scan
+// reads of it: a Book keeps one per provider and fills in num, certs and
+// sig; a free-standing slot (Rank's) has only the account.
+type provider struct {
+	sig   uint64 // voucher.KeysSig of the related-party keys
+	num   int32  // the provider's number (see provNums)
+	certs uint32 // its certifications, as bits of the book's table
+	acct  market.Account
 }
 
 // hotSlot is a slot packed into 16 bytes, four to a cache line, for the
@@ -110,7 +116,7 @@ var _ = [1]struct{}{}[market.MaxUnits>>20+market.MaxHours>>17]
 func packHot(sl *slot) hotSlot {
 	m := uint64(min(max(sl.unitsFree, 0), market.MaxUnits)) |
 		uint64(min(max(sl.maxHours, 0), market.MaxHours))<<hotHoursShift |
-		uint64(sl.certs)<<38
+		uint64(sl.prov.certs)<<38
 	const gate = flagTicksOK | flagActive | flagApproved
 	if sl.flags&gate == gate {
 		m |= hotGate
@@ -155,7 +161,7 @@ func (f *filter) pass(h *hotSlot) bool {
 
 // newSlot builds the slot of c; prov and mkt must hold c's provider and the
 // offer's class and region.
-func newSlot(it *item, prov *market.Account, mkt *market.MarketKey) slot {
+func newSlot(it *item, prov *provider, mkt *market.MarketKey) slot {
 	o := &it.Offer
 	s := slot{unitsFree: o.UnitsFree, maxHours: o.MaxHours, listTicks: -1, prov: prov, mkt: mkt, it: it}
 	if t, ok := market.PriceTicks(o.Price); ok {
@@ -167,10 +173,10 @@ func newSlot(it *item, prov *market.Account, mkt *market.MarketKey) slot {
 	if o.Status == market.OfferActive {
 		s.flags |= flagActive
 	}
-	if prov.Approved() {
+	if prov.acct.Approved() {
 		s.flags |= flagApproved
 	}
-	if prov.Status == market.ProviderSuspended {
+	if prov.acct.Status == market.ProviderSuspended {
 		s.flags |= flagSuspended
 	}
 	return s
@@ -179,7 +185,7 @@ func newSlot(it *item, prov *market.Account, mkt *market.MarketKey) slot {
 // candidateSlot builds a free-standing slot for a candidate (Rank's).
 func candidateSlot(c Candidate) slot {
 	it := &item{Candidate: c}
-	return newSlot(it, &it.Provider, &market.MarketKey{Class: c.Offer.ResourceClass, Region: c.Offer.Region})
+	return newSlot(it, &provider{acct: c.Provider}, &market.MarketKey{Class: c.Offer.ResourceClass, Region: c.Offer.Region})
 }
 
 // checker is one feasibility rule: check returns ReasonNone when the
@@ -313,7 +319,7 @@ func (maxPriceChecker) check(q *query, s *slot) Reason {
 type certificationsChecker struct{}
 
 func (certificationsChecker) check(q *query, s *slot) Reason {
-	if len(q.req.Job.Certifications) > 0 && !s.prov.HasCertifications(q.req.Job.Certifications) {
+	if len(q.req.Job.Certifications) > 0 && !s.prov.acct.HasCertifications(q.req.Job.Certifications) {
 		return ReasonMissingCertifications
 	}
 	return ReasonNone

@@ -616,8 +616,8 @@ func (s *Scratch) target(sl *slot) voucher.Target {
 	} else {
 		region = sl.mkt.Region
 	}
-	return voucher.Target{Provider: sl.prov, Offer: &sl.it.Offer, Region: region,
-		PriceTicks: sl.ticks, ListTicks: sl.listTicks, Ref: s.req.Reference}
+	return voucher.Target{Provider: &sl.prov.acct, Offer: &sl.it.Offer, Region: region,
+		PriceTicks: sl.ticks, ListTicks: sl.listTicks, Ref: s.req.Reference, ProviderSig: sl.prov.sig}
 }
 
 // take prices an eligible offer and keeps it if it is among the best limit

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"reflect"
 	"testing"
+	"unsafe"
 
 	"computebroker/market"
 
@@ -109,7 +110,7 @@ func checkProviderLists(t *testing.T, sn *Snapshot) {
 		for k := range list {
 			e := &list[k]
 			i := e.index()
-			if seen[i] || sn.slots[i].ord != int32(n) || e.meta != sn.hot[i].meta || int64(e.key>>provIndexBits) != sn.hot[i].ticks ||
+			if seen[i] || sn.slots[i].prov.num != int32(n) || e.meta != sn.hot[i].meta || int64(e.key>>provIndexBits) != sn.hot[i].ticks ||
 				k > 0 && list[k-1].key >= e.key || k == 0 && sn.provHead[n].first != e.key {
 				t.Fatalf("%s: provider %d entry %d wrong", sn.Market, n, k)
 			}
@@ -178,5 +179,16 @@ func TestScratchRejectedBeforeResult(t *testing.T) {
 	res := s.Result()
 	if res.Considered != 4 || !reflect.DeepEqual(res.Rejected, map[string]int{"too_few_units": 2, "over_max_price": 1}) {
 		t.Fatalf("result %d %v", res.Considered, res.Rejected)
+	}
+}
+
+// TestSlotSize: a slot fills one cache line, so that a slice of them, page
+// aligned, never splits one across two.
+func TestSlotSize(t *testing.T) {
+	if n := unsafe.Sizeof(slot{}); n != 64 {
+		t.Fatalf("slot is %d bytes", n)
+	}
+	if n := unsafe.Sizeof(hotSlot{}); n != 16 {
+		t.Fatalf("hotSlot is %d bytes", n)
 	}
 }
