@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -89,9 +90,55 @@ type providerStream struct {
 	rate   float64
 }
 
+// batchConn holds a stream's writes once batching is on, until flush: the
+// sender puts every message it may send now into one write, as a client
+// pipelining its commands would. The handshake and the close go straight
+// through.
+type batchConn struct {
+	net.Conn
+	mu  sync.Mutex
+	on  bool
+	buf []byte
+}
+
+func (c *batchConn) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.on {
+		return c.Conn.Write(b)
+	}
+	c.buf = append(c.buf, b...)
+	return len(b), nil
+}
+
+// flush writes what is held; off ends batching (for the close).
+func (c *batchConn) flush(off bool) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if off {
+		c.on = false
+	}
+	if len(c.buf) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(c.buf)
+	c.buf = c.buf[:0]
+	return err
+}
+
 func (ps *providerStream) run(ctx context.Context, stop <-chan struct{}) error {
 	url := "ws" + ps.base[len("http"):] + "/api/v1/stream/provider"
-	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second, WriteBufferSize: 4096, ReadBufferSize: 4096}
+	var bc *batchConn
+	nd := &net.Dialer{Timeout: 10 * time.Second}
+	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second, WriteBufferSize: 4096, ReadBufferSize: 4096,
+		NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := nd.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			bc = &batchConn{Conn: c}
+			return bc, nil
+		}}
 	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	ws, _, err := d.DialContext(dctx, url, http.Header{"Authorization": {"Bearer " + ps.p.token}})
 	cancel()
@@ -99,6 +146,9 @@ func (ps *providerStream) run(ctx context.Context, stop <-chan struct{}) error {
 		return err
 	}
 	defer ws.Close()
+	bc.mu.Lock()
+	bc.on = true
+	bc.mu.Unlock()
 
 	slots := make(chan struct{}, ps.cfg.window)
 	expected := make([]int64, len(ps.p.offers)) // next version per own offer, predicted
@@ -135,10 +185,29 @@ send:
 		case <-readerDone:
 			break send
 		case slots <- struct{}{}:
+		default:
+			// Every slot is taken: send what is held, then wait for one.
+			if err := bc.flush(false); err != nil {
+				ps.totals.closed.Add(1)
+				break send
+			}
+			select {
+			case <-stop:
+				break send
+			case <-ctx.Done():
+				break send
+			case <-readerDone:
+				break send
+			case slots <- struct{}{}:
+			}
 		}
 		if interval > 0 {
 			now := time.Now()
 			if next.After(now) {
+				if err := bc.flush(false); err != nil {
+					ps.totals.closed.Add(1)
+					break send
+				}
 				select {
 				case <-stop:
 					break send
@@ -174,6 +243,7 @@ send:
 		ps.totals.sent.Add(1)
 		n++
 	}
+	_ = bc.flush(true)
 	// Wait for the acks still in flight, at most 5 s.
 	deadline := time.Now().Add(5 * time.Second)
 	for outstanding.Load() > 0 && time.Now().Before(deadline) {
