@@ -16,12 +16,7 @@ import (
 
 func testStore(t *testing.T) *Store {
 	t.Helper()
-	opt, err := redis.ParseURL(testsvc.Redis(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rdb := redis.NewClient(opt)
-	t.Cleanup(func() { rdb.Close() })
+	rdb, _ := historyRedis(t)
 	return New(rdb)
 }
 

@@ -178,12 +178,6 @@ func (ps *providerStream) run(ctx context.Context, stop <-chan struct{}) error {
 send:
 	for {
 		select {
-		case <-stop:
-			break send
-		case <-ctx.Done():
-			break send
-		case <-readerDone:
-			break send
 		case slots <- struct{}{}:
 		default:
 			// Every slot is taken: send what is held, then wait for one.
@@ -200,6 +194,13 @@ send:
 				break send
 			case slots <- struct{}{}:
 			}
+		}
+		select {
+		case <-stop:
+			break send
+		case <-ctx.Done():
+			break send
+		default:
 		}
 		if interval > 0 {
 			now := time.Now()
