@@ -75,8 +75,18 @@ type cursor struct {
 	sn     *Snapshot
 	f      filter
 	i      int   // next offer
+	ticks  int64 // its price
 	b0, b1 int   // the grants bounding the market: Scratch.bound[b0:b1]
 	state  uint8 // scanning, or why the scan of the market ended
+}
+
+// scoped is a provider that a scoped grant names, in a market whose scan
+// stopped at the bound: its list is scanned from the stop.
+type scoped struct {
+	cur    int // in Scratch.curs
+	b0, b1 int // the grants bounding it: Scratch.bound[b0:b1]
+	num    int32
+	head   provHead // read in one pass over all of them
 }
 
 // Cursor states.
@@ -109,6 +119,7 @@ type Scratch struct {
 	cands    []Candidate
 	curs     []cursor
 	bound    []int // grant indices, see cursor.b0 and selectBound
+	scoped   []scoped
 	nums     []provNumber
 	// exhaustive turns the bound off: every offer is checked with the
 	// checker chain and priced (the brute-force scan the benchmarks compare
@@ -126,7 +137,8 @@ func (s *Scratch) release() {
 	clear(s.spans)
 	clear(s.curs)
 	clear(s.nums)
-	s.nums = s.nums[:0]
+	clear(s.scoped)
+	s.nums, s.scoped = s.nums[:0], s.scoped[:0]
 	s.snaps, s.picks, s.cands, s.cuts, s.spans, s.curs = s.snaps[:0], s.picks[:0], s.cands[:0], s.cuts[:0], s.spans[:0], s.curs[:0]
 }
 
@@ -415,7 +427,7 @@ func (s *Scratch) scan(snaps []*Snapshot) {
 			continue
 		}
 		b0 := s.selectBound(sn.Market.Region, "")
-		s.curs = append(s.curs, cursor{sn: sn, f: f, b0: b0, b1: len(s.bound)})
+		s.curs = append(s.curs, cursor{sn: sn, f: f, ticks: sn.hot[0].ticks, b0: b0, b1: len(s.bound)})
 	}
 	if len(s.curs) == 1 {
 		s.run(&s.curs[0], math.MaxInt64)
@@ -430,7 +442,7 @@ func (s *Scratch) scan(snaps []*Snapshot) {
 				if cj.state != scanning {
 					continue
 				}
-				if t := cj.sn.hot[cj.i].ticks; t < lo {
+				if t := cj.ticks; t < lo {
 					c, lo, next = cj, t, lo
 				} else if t < next {
 					next = t
@@ -442,11 +454,11 @@ func (s *Scratch) scan(snaps []*Snapshot) {
 			s.run(c, next)
 		}
 	}
+	if s.vouchers {
+		s.scanScoped()
+	}
 	for j := range s.curs {
 		c := &s.curs[j]
-		if c.state == atBound && s.vouchers {
-			s.scanScoped(c)
-		}
 		s.examined(span{sn: c.sn, to: c.i})
 		if c.state == atCut {
 			s.cuts = append(s.cuts, span{sn: c.sn, from: c.i, to: len(c.sn.slots)})
@@ -465,12 +477,12 @@ func (s *Scratch) run(c *cursor, next int64) {
 			return
 		}
 		if h.ticks > next {
-			c.i = i
+			c.i, c.ticks = i, h.ticks
 			return
 		}
 		sl := &c.sn.slots[i]
 		if s.full() && s.beyond(s.bound[c.b0:c.b1], h.ticks, sl) {
-			c.i, c.state = i, atBound
+			c.i, c.ticks, c.state = i, h.ticks, atBound
 			return
 		}
 		if c.f.pass(h) && (!c.f.exact || s.certified(sl)) {
@@ -485,62 +497,77 @@ func (s *Scratch) certified(sl *slot) bool {
 	return certificationsChecker{}.check(&s.q, sl) == ReasonNone
 }
 
-// scanScoped scans, past where c's market scan stopped, the offers of the
-// providers that a scoped grant names, each through its own list.
-func (s *Scratch) scanScoped(c *cursor) {
-	sn := c.sn
-	region := sn.Market.Region
-	stop := c.i
-	first := &sn.slots[stop]
-	firstTicks := sn.hot[stop].ticks
-	from := uint64(firstTicks)<<provIndexBits | uint64(stop) // the key of first
+// scanScoped scans, past where a market's scan stopped at the bound, the
+// offers of the providers that a scoped grant names, each through its own
+// list. It first lists the (market, provider) pairs that may still win at
+// the market's stop price, then reads their lists' heads in one short pass
+// (a head is seldom in cache, and these reads then overlap), then scans.
+func (s *Scratch) scanScoped() {
+	s.scoped = s.scoped[:0]
 	grants := s.prep.Grants()
-	mark := len(s.bound)
-	for i := range grants {
-		g := &grants[i]
-		if len(g.Providers) == 0 || !inList(g.Regions, region) {
+	for ci := range s.curs {
+		c := &s.curs[ci]
+		if c.state != atBound {
 			continue
 		}
-		for j, pid := range g.Providers {
-			if slices.Contains(g.Providers[:j], pid) || seenProvider(grants[:i], region, pid) {
+		region := c.sn.Market.Region
+		for i := range grants {
+			g := &grants[i]
+			if len(g.Providers) == 0 || !inList(g.Regions, region) {
 				continue
 			}
-			s.bound = s.bound[:mark]
-			b0 := s.selectBound(region, pid)
-			bound := s.bound[b0:]
-			h := sn.head(s.provNum(pid))
-			if h == nil {
-				continue
-			}
-			list, k0 := sn.prov[h.start:h.end], 0
-			if h.first >= from {
-				// The whole list lies past the stop: bound it by its first
-				// entry, which the head holds, before reading the list.
-				if s.full() && s.beyond(bound, int64(h.first>>provIndexBits), &sn.slots[h.first&(maxBookOffers-1)]) {
+			for j, pid := range g.Providers {
+				if slices.Contains(g.Providers[:j], pid) || seenProvider(grants[:i], region, pid) {
 					continue
 				}
-			} else {
-				if s.full() && s.beyond(bound, firstTicks, first) {
+				b0 := s.selectBound(region, pid)
+				if s.full() && s.beyond(s.bound[b0:], c.ticks, &c.sn.slots[c.i]) {
+					s.bound = s.bound[:b0]
 					continue // even at the stop price this provider cannot win
 				}
-				k0 = searchFrom(list, from)
-			}
-			k := k0
-			for ; k < len(list); k++ {
-				e := &list[k]
-				ticks := int64(e.key >> provIndexBits)
-				sl := &sn.slots[e.index()]
-				if ticks > s.q.maxTicks || s.full() && s.beyond(bound, ticks, sl) {
-					break
-				}
-				if c.f.pass(&hotSlot{meta: e.meta}) && (!c.f.exact || s.certified(sl)) {
-					s.take(sl)
-				}
-			}
-			if k > k0 {
-				s.examined(span{sn: sn, prov: list, from: k0, to: k})
+				s.scoped = append(s.scoped, scoped{cur: ci, b0: b0, b1: len(s.bound), num: s.provNum(pid)})
 			}
 		}
+	}
+	for k := range s.scoped {
+		p := &s.scoped[k]
+		if hs := s.curs[p.cur].sn.provHead; p.num >= 0 && int(p.num) < len(hs) {
+			p.head = hs[p.num]
+		}
+	}
+	for k := range s.scoped {
+		p := &s.scoped[k]
+		if p.head.end > p.head.start {
+			s.scanProvider(&s.curs[p.cur], s.bound[p.b0:p.b1], &p.head)
+		}
+	}
+}
+
+// scanProvider scans, from where c's market scan stopped, the list of
+// the provider with head h, bounded by the grants bound.
+func (s *Scratch) scanProvider(c *cursor, bound []int, h *provHead) {
+	sn := c.sn
+	from := uint64(c.ticks)<<provIndexBits | uint64(c.i) // the key of the stop
+	list, k0 := sn.prov[h.start:h.end], 0
+	if h.first < from {
+		k0 = searchFrom(list, from)
+	} else if s.full() && s.beyond(bound, int64(h.first>>provIndexBits), &sn.slots[h.first&(maxBookOffers-1)]) {
+		return // the list's first entry, which the head holds, is past the bound
+	}
+	k := k0
+	for ; k < len(list); k++ {
+		e := &list[k]
+		ticks := int64(e.key >> provIndexBits)
+		sl := &sn.slots[e.index()]
+		if ticks > s.q.maxTicks || s.full() && s.beyond(bound, ticks, sl) {
+			break
+		}
+		if c.f.pass(&hotSlot{meta: e.meta}) && (!c.f.exact || s.certified(sl)) {
+			s.take(sl)
+		}
+	}
+	if k > k0 {
+		s.examined(span{sn: sn, prov: list, from: k0, to: k})
 	}
 }
 
