@@ -55,8 +55,27 @@ func (e *env) waitTrades(token string, n int) []map[string]any {
 // TestWalkingSkeleton drives the whole marketplace over HTTP: accounts,
 // approval, offers, a provider-scoped programme, the cheapest-net order with
 // exact amounts, and the same trade in ClickHouse.
-func TestWalkingSkeleton(t *testing.T) {
-	e := newEnv(t)
+func TestWalkingSkeleton(t *testing.T) { walkingSkeleton(t, newEnv(t)) }
+
+// TestOnRedisCluster runs the walking skeleton, the streams across two
+// brokerd, a resting fill across processes, the pipelined provider stream
+// and the price-tick history on a Redis Cluster of three masters: every
+// atomic step touches one slot, and the live view follows streams spread
+// over the nodes.
+func TestOnRedisCluster(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		run  func(*testing.T, *env)
+	}{
+		{"walking skeleton", walkingSkeleton}, {"pipelined provider stream", providerPipelined},
+		{"ticks reach history", priceTicksReachHistory}, {"stream across brokers", streamAcrossBrokers},
+		{"resting fill across processes", restingFillsAcrossProcesses},
+	} {
+		t.Run(c.name, func(t *testing.T) { c.run(t, newClusterEnv(t)) })
+	}
+}
+
+func walkingSkeleton(t *testing.T, e *env) {
 	reg := e.account("regulator", "Shanghai Economic Commission", nil)
 	pa := e.account("provider", "Alpha Compute", map[string]any{"related_party_keys": []string{"tax:alpha"}})
 	pb := e.account("provider", "Beta Cloud", map[string]any{"certifications": []string{"mlps-3"}})
@@ -304,8 +323,9 @@ func TestOfferPagination(t *testing.T) {
 
 // TestPriceTicksReachHistory: every accepted price of a listed offer (the
 // first listing and each change) becomes a price tick in ClickHouse.
-func TestPriceTicksReachHistory(t *testing.T) {
-	e := newEnv(t)
+func TestPriceTicksReachHistory(t *testing.T) { priceTicksReachHistory(t, newEnv(t)) }
+
+func priceTicksReachHistory(t *testing.T, e *env) {
 	reg := e.account("regulator", "R", nil)
 	p := e.account("provider", "P", nil)
 	e.must(200, "POST", "/api/v1/providers/"+p.id+"/approve", reg.token, nil)

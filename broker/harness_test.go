@@ -98,6 +98,14 @@ func newEnv(t *testing.T) *env {
 	return e
 }
 
+// newClusterEnv is newEnv on a Redis Cluster of its own.
+func newClusterEnv(t *testing.T) *env {
+	t.Helper()
+	e := &env{t: t, redis: testsvc.RedisCluster(t), ch: testsvc.ClickHouse(t), client: &http.Client{Timeout: 30 * time.Second}}
+	e.urls = append(e.urls, startInProcess(t, e))
+	return e
+}
+
 var (
 	buildOnce sync.Once
 	binPath   string

@@ -25,7 +25,10 @@ func (e *env) waitOrder(url, token, id, want string, within time.Duration) (resp
 // brokerd #1; a price cut made on brokerd #2 fills it within a second,
 // exactly once.
 func TestRestingOrderFillsOnPriceCutAcrossProcesses(t *testing.T) {
-	e := newEnv(t)
+	restingFillsAcrossProcesses(t, newEnv(t))
+}
+
+func restingFillsAcrossProcesses(t *testing.T, e *env) {
 	e.urls = append(e.urls, startProcess(t, e, "brokerd-rest"))
 	reg := e.account("regulator", "R", nil)
 	p := e.account("provider", "P", nil)

@@ -69,8 +69,9 @@ func keys(m map[string]offerState) []string {
 // within a second, with the price, the version the ack gave and the next
 // seq; a new subscriber's snapshot agrees with GET /api/v1/offers; a
 // suspension reaches the subscriber as removes within a second.
-func TestStreamAcrossBrokers(t *testing.T) {
-	e := newEnv(t)
+func TestStreamAcrossBrokers(t *testing.T) { streamAcrossBrokers(t, newEnv(t)) }
+
+func streamAcrossBrokers(t *testing.T, e *env) {
 	url2 := startProcess(t, e, "brokerd-2")
 	reg := e.account("regulator", "R", nil)
 	p := e.approvedProvider(reg, "Alpha Streams")
@@ -526,8 +527,9 @@ func TestStreamLeasePush(t *testing.T) {
 // command, in the order sent, with consecutive versions for each offer and
 // errors in their places. The offers end at the last version, and a market
 // stream subscriber sees the offer reach it without going back.
-func TestStreamProviderPipelined(t *testing.T) {
-	e := newEnv(t)
+func TestStreamProviderPipelined(t *testing.T) { providerPipelined(t, newEnv(t)) }
+
+func providerPipelined(t *testing.T, e *env) {
 	base := e.urls[0]
 	reg := e.account("regulator", "R", nil)
 	p := e.approvedProvider(reg, "P")

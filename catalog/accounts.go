@@ -37,7 +37,10 @@ func (s *Store) CreateAccount(ctx context.Context, a market.Account, tokenHash s
 	if !ok {
 		return market.Errorf(market.CodeConflict, "account %s exists", a.ID)
 	}
-	pipe := s.rdb.TxPipeline()
+	// The account, its token and its role index live in different slots,
+	// so this is no transaction (Redis Cluster refuses one). Each partial
+	// outcome is safe: a token authenticates only once the account names it.
+	pipe := s.rdb.Pipeline()
 	pipe.HSet(ctx, accountKey(a.ID), "status", string(a.Status), "token", tokenHash)
 	pipe.Set(ctx, tokenKey(tokenHash), a.ID, 0)
 	pipe.SAdd(ctx, roleKey(a.Role), a.ID)

@@ -139,9 +139,13 @@ func (s *Store) completeDelta(ctx context.Context, known map[string]*market.Offe
 	return o, true
 }
 
-// follow reads streams from positions ("" = after the newest entry) with one
-// blocking XREAD at a time and hands each stream's new entries to handle,
-// until ctx ends. Failing reads are retried with backoff.
+// follow reads streams from positions ("" = after the newest entry) and
+// hands each stream's new entries to handle, in stream order, until ctx
+// ends. On a single Redis it blocks in one XREAD over all the streams at a
+// time. On Redis Cluster, which refuses an XREAD over streams in different
+// slots, it polls: every pollInterval (at once while there is more) one
+// pipeline of non-blocking XREADs, one per stream, which the client sends
+// to each stream's node. Failing reads are retried with backoff.
 func (s *Store) follow(ctx context.Context, keys, from []string, block time.Duration, handle func(redis.XStream)) error {
 	n := len(keys)
 	args := make([]string, 0, 2*n)
@@ -158,12 +162,20 @@ func (s *Store) follow(ctx context.Context, keys, from []string, block time.Dura
 		}
 		args = append(args, pos)
 	}
-	backoff := 100 * time.Millisecond
-	for ctx.Err() == nil {
+	_, cluster := s.rdb.(*redis.ClusterClient)
+	read := func() ([]redis.XStream, error) {
 		res, err := s.rdb.XRead(ctx, &redis.XReadArgs{Streams: args, Count: 1000, Block: block}).Result()
 		if errors.Is(err, redis.Nil) {
-			continue
+			return nil, nil
 		}
+		return res, err
+	}
+	if cluster {
+		read = func() ([]redis.XStream, error) { return s.pollStreams(ctx, args, block) }
+	}
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		res, err := read()
 		if err != nil {
 			select {
 			case <-ctx.Done():
@@ -189,6 +201,49 @@ func (s *Store) follow(ctx context.Context, keys, from []string, block time.Dura
 		}
 	}
 	return ctx.Err()
+}
+
+// pollInterval is how often follow polls the streams on Redis Cluster when
+// nothing is new: the lag it adds to a change is at most this.
+const pollInterval = 20 * time.Millisecond
+
+// pollStreams reads, without blocking, what each stream has after its
+// position (args as XREAD takes them), in one pipeline. When no stream has
+// anything it waits pollInterval (at most block) first, so an idle follower
+// costs one pipeline per interval.
+func (s *Store) pollStreams(ctx context.Context, args []string, block time.Duration) ([]redis.XStream, error) {
+	n := len(args) / 2
+	for {
+		pipe := s.rdb.Pipeline()
+		cmds := make([]*redis.XStreamSliceCmd, n)
+		for i := 0; i < n; i++ {
+			cmds[i] = pipe.XRead(ctx, &redis.XReadArgs{Streams: []string{args[i], args[n+i]}, Count: 1000, Block: -1})
+		}
+		_, _ = pipe.Exec(ctx)
+		var out []redis.XStream
+		for _, c := range cmds {
+			res, err := c.Result()
+			if errors.Is(err, redis.Nil) {
+				continue
+			}
+			if err != nil {
+				return out, err
+			}
+			out = append(out, res...)
+		}
+		if len(out) > 0 || ctx.Err() != nil {
+			return out, ctx.Err()
+		}
+		wait := min(pollInterval, block)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(wait):
+		}
+		if wait == block {
+			return nil, nil
+		}
+	}
 }
 
 func decodeChange(m market.MarketKey, msg redis.XMessage) (Change, bool) {
