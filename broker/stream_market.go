@@ -6,6 +6,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/fasthttp/websocket"
@@ -20,15 +21,15 @@ import (
 // The WebSocket gateway of API.md's Streams: GET /api/v1/stream/market
 // (this file) and GET /api/v1/stream/provider (stream_provider.go).
 //
-// Goroutines per connection. A market-stream connection has two: the
+// Goroutines per connection. A market-stream connection has one: the
 // handler goroutine fasthttp gives the hijacked connection, which only
-// reads (to see pongs and the close), and the hub's writer goroutine, which
-// alone writes frames (Conn.WriteFrame). Pings come from a timer
-// (time.AfterFunc), not a goroutine, so that an idle subscriber costs two
-// small stacks and its buffers. A provider-stream connection has the
-// handler goroutine, which reads and executes commands one at a time, and a
-// writer goroutine draining its bounded outbound queue (acks, errors,
-// leases). No lock is held while writing to a socket.
+// reads (to see pongs and the close). Its frames are written by the hub's
+// few writer loops (see marketConn), and pings come from a timer
+// (time.AfterFunc), so that an idle subscriber costs one small stack and
+// its buffers. A provider-stream connection has the handler goroutine,
+// which reads and executes commands one at a time, and a writer goroutine
+// draining its bounded outbound queue (acks, errors, leases). No lock but
+// a connection's own write lock is held while writing to a socket.
 //
 // The upgrade uses fasthttp/websocket's FastHTTPUpgrader directly rather
 // than gofiber/contrib/websocket, which copies every header, cookie and
@@ -248,6 +249,7 @@ func (s *Streams) RegisterMetrics(m *Metrics) {
 		counter("broker_hub_published_total", "Market updates published to the hub.", func() float64 { return float64(h.Stats().Published) })
 		counter("broker_hub_enqueued_total", "Update deliveries taken into subscriber queues.", func() float64 { return float64(h.Stats().Enqueued) })
 		counter("broker_hub_frames_sent_total", "Frames written to market-stream subscribers, snapshots included.", func() float64 { return float64(h.Stats().FramesSent) })
+		counter("broker_hub_writes_total", "Writes to market-stream sockets (each carries one or more frames).", func() float64 { return float64(h.Stats().Writes) })
 		counter("broker_hub_snapshots_total", "Snapshot frames written to market-stream subscribers.", func() float64 { return float64(h.Stats().Snapshots) })
 		counter("broker_hub_coalesced_total", "Pending updates replaced by a newer state (slow subscribers).", func() float64 { return float64(h.Stats().Coalesced) })
 		counter("broker_hub_resyncs_total", "Subscribers that fell too far behind and got a fresh snapshot.", func() float64 { return float64(h.Stats().Resyncs) })
@@ -296,32 +298,192 @@ func (s *Streams) marketStream(c *fiber.Ctx) error {
 }
 
 // marketConn is one market-stream connection: the hub's Conn.
+//
+// Frames go straight to the TCP connection under the WebSocket, with a
+// header built here (a server's frames are not masked): the hub writes all
+// the frames a subscriber has pending in one write(2), from one of its few
+// writer loops, without blocking (TryWrite); a batch the socket does not
+// take at once is finished by a goroutine of the hub (Write). Control
+// frames (pings, pongs, the close) are written here too, never in the
+// middle of a half-written batch. Every write is serialised by wsem.
 type marketConn struct {
 	ws      *websocket.Conn
+	raw     net.Conn        // the TCP connection under ws
+	rc      syscall.RawConn // raw's, for non-blocking writes; nil: raw has none
 	timeout time.Duration
 	sub     atomic.Pointer[hub.Subscription]
 	stopped atomic.Bool
 	every   time.Duration
 
+	// wsem (a semaphore, so that goAway can give up waiting) guards the
+	// writes and the fields below.
+	wsem     chan struct{}
+	partial  bool      // a batch is half written: nothing else may go out until the rest is
+	closing  bool      // the close frame went out: no more data frames
+	deadline time.Time // the write deadline last set on raw
+
 	mu   sync.Mutex // guards ping, which the timer's own callback re-arms
 	ping *time.Timer
 }
 
-// WriteFrame writes one text frame with a deadline. It runs on the hub's
-// writer goroutine only. On an error the socket is closed, which ends the
-// read loop, and through it the connection.
-func (mc *marketConn) WriteFrame(p []byte) error {
-	_ = mc.ws.SetWriteDeadline(time.Now().Add(mc.timeout))
-	if err := mc.ws.WriteMessage(websocket.TextMessage, p); err != nil {
-		_ = mc.ws.Close()
-		return err
+// newMarketConn wraps ws; frames are written to the connection under it.
+func newMarketConn(ws *websocket.Conn, timeout, every time.Duration) *marketConn {
+	raw := ws.UnderlyingConn()
+	if u, ok := raw.(interface{ UnsafeConn() net.Conn }); ok { // fasthttp's hijacked conn
+		raw = u.UnsafeConn()
 	}
-	return nil
+	mc := &marketConn{ws: ws, raw: raw, timeout: timeout, every: every, wsem: make(chan struct{}, 1)}
+	if sc, ok := raw.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			mc.rc = rc
+		}
+	}
+	return mc
+}
+
+func (mc *marketConn) lock()   { mc.wsem <- struct{}{} }
+func (mc *marketConn) unlock() { <-mc.wsem }
+
+// lockBy takes the write lock unless that takes past deadline.
+func (mc *marketConn) lockBy(deadline time.Time) bool {
+	select {
+	case mc.wsem <- struct{}{}:
+		return true
+	default:
+	}
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case mc.wsem <- struct{}{}:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+// AppendHeader appends the header of a final, unmasked text frame of n
+// bytes (RFC 6455 section 5.2).
+func (mc *marketConn) AppendHeader(dst []byte, n int) []byte {
+	return appendFrameHeader(dst, websocket.TextMessage, n)
+}
+
+func appendFrameHeader(b []byte, opcode, n int) []byte {
+	first := byte(0x80 | opcode) // FIN
+	switch {
+	case n < 126:
+		return append(b, first, byte(n))
+	case n < 1<<16:
+		return append(b, first, 126, byte(n>>8), byte(n))
+	default:
+		u := uint64(n)
+		return append(b, first, 127, byte(u>>56), byte(u>>48), byte(u>>40), byte(u>>32), byte(u>>24), byte(u>>16), byte(u>>8), byte(u))
+	}
+}
+
+// armDeadline makes sure the write deadline is at least half the write
+// timeout away. Setting it costs a timer update, so it is not set anew
+// for every write: a write may get between WriteTimeout/2 and WriteTimeout.
+// The caller holds the write lock.
+func (mc *marketConn) armDeadline() {
+	now := time.Now()
+	if mc.deadline.Sub(now) < mc.timeout/2 {
+		mc.deadline = now.Add(mc.timeout)
+		_ = mc.raw.SetWriteDeadline(mc.deadline)
+	}
+}
+
+// TryWrite writes what the socket takes of b now, without waiting: one
+// write(2) on the non-blocking socket. It runs on a hub writer loop.
+func (mc *marketConn) TryWrite(b []byte) (int, error) {
+	mc.lock()
+	defer mc.unlock()
+	if mc.partial || mc.closing {
+		return 0, net.ErrClosed
+	}
+	if mc.rc == nil { // not a socket: a blocking write
+		mc.armDeadline()
+		n, err := mc.raw.Write(b)
+		return n, mc.failed(err)
+	}
+	mc.armDeadline() // the raw write below is refused past it too
+	n := 0
+	var werr error
+	err := mc.rc.Write(func(fd uintptr) bool {
+		for n < len(b) {
+			k, e := syscall.Write(int(fd), b[n:])
+			if k > 0 {
+				n += k
+			}
+			if e == syscall.EINTR {
+				continue
+			}
+			if e != nil && e != syscall.EAGAIN {
+				werr = e
+			}
+			if e != nil || k <= 0 {
+				break
+			}
+		}
+		return true // never wait for the socket: the hub finishes the batch elsewhere
+	})
+	if err == nil {
+		err = werr
+	}
+	if err == nil && n < len(b) {
+		mc.partial = true
+	}
+	return n, mc.failed(err)
+}
+
+// Write writes all of b, blocking until the write deadline: the rest of a
+// batch TryWrite did not finish, or a snapshot. It runs on a goroutine of
+// the hub's for this subscription.
+func (mc *marketConn) Write(b []byte) error {
+	mc.lock()
+	defer mc.unlock()
+	if mc.closing {
+		return net.ErrClosed
+	}
+	mc.armDeadline()
+	_, err := mc.raw.Write(b)
+	mc.partial = false
+	return mc.failed(err)
+}
+
+// failed closes the socket on a write error, which ends the read loop, and
+// through it the connection.
+func (mc *marketConn) failed(err error) error {
+	if err != nil {
+		_ = mc.raw.Close()
+	}
+	return err
+}
+
+// control writes a control frame (opcode, payload) unless a batch is half
+// written or the close frame went out. It waits for the write lock until
+// deadline at most.
+func (mc *marketConn) control(opcode int, payload []byte, deadline time.Time) error {
+	if !mc.lockBy(deadline) {
+		return nil // a stalled write holds the socket; its own deadline decides
+	}
+	defer mc.unlock()
+	if mc.partial || mc.closing {
+		return nil
+	}
+	var buf [2 + 125]byte
+	b := append(appendFrameHeader(buf[:0], opcode, len(payload)), payload...)
+	mc.deadline = deadline
+	_ = mc.raw.SetWriteDeadline(deadline)
+	_, err := mc.raw.Write(b)
+	if opcode == websocket.CloseMessage {
+		mc.closing = true
+	}
+	return mc.failed(err)
 }
 
 // pinged runs on the ping timer: it pings the client and re-arms, and
 // closes the socket when the subscription ended on its own (a backstop:
-// WriteFrame and the snapshot function close it themselves).
+// the hub's write errors and the snapshot function close it themselves).
 func (mc *marketConn) pinged() {
 	if mc.stopped.Load() {
 		return
@@ -329,13 +491,12 @@ func (mc *marketConn) pinged() {
 	if sub := mc.sub.Load(); sub != nil {
 		select {
 		case <-sub.Done():
-			_ = mc.ws.Close()
+			_ = mc.raw.Close()
 			return
 		default:
 		}
 	}
-	if err := mc.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(mc.timeout)); err != nil {
-		_ = mc.ws.Close()
+	if err := mc.control(websocket.PingMessage, nil, time.Now().Add(mc.timeout)); err != nil {
 		return
 	}
 	mc.mu.Lock()
@@ -344,14 +505,14 @@ func (mc *marketConn) pinged() {
 }
 
 func (mc *marketConn) goAway(deadline time.Time) {
-	_ = mc.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, "server shutting down"), deadline)
+	_ = mc.control(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, "server shutting down"), deadline)
 	_ = mc.ws.Close()
 }
 
 // serveMarket runs on the hijacked connection's goroutine: it subscribes,
 // then reads (discarding) until the client goes, then unsubscribes.
 func (s *Streams) serveMarket(ws *websocket.Conn, f hub.Filter) {
-	mc := &marketConn{ws: ws, timeout: s.cfg.WriteTimeout, every: s.cfg.PingInterval}
+	mc := newMarketConn(ws, s.cfg.WriteTimeout, s.cfg.PingInterval)
 	id := s.conns.add(mc)
 	defer s.conns.remove(id)
 	if s.closed.Load() { // Close ran between the check and the upgrade
@@ -365,7 +526,7 @@ func (s *Streams) serveMarket(ws *websocket.Conn, f hub.Filter) {
 	snapshot := func() ([]market.Offer, error) {
 		offers, err := s.live.Snapshot(f)
 		if err != nil {
-			_ = ws.Close()
+			_ = mc.raw.Close()
 		}
 		return offers, err
 	}
@@ -382,6 +543,19 @@ func (s *Streams) serveMarket(ws *websocket.Conn, f hub.Filter) {
 	alive := func() error { return ws.SetReadDeadline(time.Now().Add(s.cfg.PongWait)) }
 	_ = alive()
 	ws.SetPongHandler(func(string) error { return alive() })
+	// The library would answer pings and the close with writes of its own,
+	// which could land in the middle of a half-written batch.
+	ws.SetPingHandler(func(data string) error {
+		return mc.control(websocket.PongMessage, []byte(data), time.Now().Add(mc.timeout))
+	})
+	ws.SetCloseHandler(func(code int, _ string) error {
+		msg := []byte{}
+		if code != websocket.CloseNoStatusReceived {
+			msg = websocket.FormatCloseMessage(code, "")
+		}
+		_ = mc.control(websocket.CloseMessage, msg, time.Now().Add(time.Second))
+		return nil
+	})
 	mc.mu.Lock()
 	mc.ping = time.AfterFunc(s.cfg.PingInterval, mc.pinged)
 	mc.mu.Unlock()
@@ -402,7 +576,7 @@ func (s *Streams) serveMarket(ws *websocket.Conn, f hub.Filter) {
 	mc.mu.Unlock()
 	h.Unsubscribe(sub)
 	_ = ws.Close()
-	<-sub.Done() // the writer is out of WriteFrame before the handler returns the conn
+	<-sub.Done() // no hub write is in flight when the handler returns the conn
 }
 
 // ---- connection registry ----

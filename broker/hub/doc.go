@@ -37,19 +37,29 @@
 //
 // # Goroutines and locks
 //
-// Each subscription has one writer goroutine, started by Subscribe and ended
-// by Unsubscribe, Close or an error; it alone calls the SnapshotFunc and
-// Conn.WriteFrame, and holds no lock while doing so. Publish runs on the
-// caller's goroutine: it takes a per-market lock (publishes of one market
-// are serialised), read-locks the registry shards of the matching filters
-// and, per subscriber, that subscriber's mutex for a few map or slice
-// operations. Subscribers are registered per Filter in sharded groups, so
-// subscribing and unsubscribing lock one shard and never stop publishes to
-// other shards.
+// A few writer loops (Options.Writers, one per CPU by default) write every
+// subscriber's frames; a subscription has no goroutine of its own. Publish
+// runs on the caller's goroutine: it takes a per-market lock (publishes of
+// one market are serialised), read-locks the registry shards of the
+// matching filters and, per subscriber, that subscriber's mutex for a few
+// map or slice operations, and puts a subscriber that got something to
+// write in its loop's ready list. The loop takes everything the subscriber
+// has pending (up to MaxBatch frames), frames it with Conn.AppendHeader
+// and hands it to Conn.TryWrite, which must not block: one system call
+// for all the frames a subscriber missed since its last write, however
+// many. Under load the loops fall behind a little, so each write carries
+// more frames and the cost per delivery falls. What the connection does
+// not take at once is written by a goroutine of the subscription's
+// (Conn.Write, blocking), and the subscriber coalesces meanwhile, so a
+// slow reader never holds up its loop. Snapshots are taken and written by
+// such a goroutine too. No lock of the hub is held while writing.
+// Subscribers are registered per Filter in sharded groups, so subscribing
+// and unsubscribing lock one shard and never stop publishes to other
+// shards.
 //
 // Hub's methods and Subscription's methods are safe for concurrent use. A
-// Conn need not be: the hub never calls WriteFrame concurrently on one
-// Conn. Publish is safe from many goroutines, but an offer's updates must be
-// published in version order for subscribers to see them so; one publisher
-// per market, as the change-stream follower is, does that.
+// Conn need not be: the hub never calls its methods concurrently. Publish
+// is safe from many goroutines, but an offer's updates must be published
+// in version order for subscribers to see them so; one publisher per
+// market, as the change-stream follower is, does that.
 package hub

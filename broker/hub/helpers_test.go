@@ -2,6 +2,7 @@ package hub
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -57,28 +58,65 @@ func decode(t testing.TB, p []byte) msg {
 	return m
 }
 
-// recConn records every frame. Locking gate blocks WriteFrame (a client
-// that stops reading); failAt makes the n-th WriteFrame fail.
+// recConn records every frame: a Conn whose frame header is the frame's
+// length as 4 bytes, big-endian. Locking gate blocks writes (a client that
+// stops reading; TryWrite then takes nothing); tryLimit > 0 makes TryWrite
+// take at most that many bytes (a socket buffer that fills mid-batch);
+// failAt makes the write that completes the n-th frame fail.
 type recConn struct {
-	entered atomic.Int64 // WriteFrame calls begun
-	gate    sync.RWMutex
-	mu      sync.Mutex
-	frames  [][]byte
-	failAt  int
+	entered  atomic.Int64 // TryWrite and Write calls begun
+	gate     sync.RWMutex
+	tryLimit int
+	mu       sync.Mutex
+	stream   []byte // bytes of a frame not complete yet
+	frames   [][]byte
+	batches  []int // frames completed per write call
+	failAt   int
 }
 
 var errBroken = errors.New("broken pipe")
 
-func (c *recConn) WriteFrame(p []byte) error {
+func (c *recConn) AppendHeader(dst []byte, n int) []byte {
+	return binary.BigEndian.AppendUint32(dst, uint32(n))
+}
+
+func (c *recConn) TryWrite(b []byte) (int, error) {
+	c.entered.Add(1)
+	if !c.gate.TryRLock() {
+		return 0, nil
+	}
+	defer c.gate.RUnlock()
+	if c.tryLimit > 0 && len(b) > c.tryLimit {
+		b = b[:c.tryLimit]
+	}
+	return len(b), c.take(b)
+}
+
+func (c *recConn) Write(b []byte) error {
 	c.entered.Add(1)
 	c.gate.RLock()
 	defer c.gate.RUnlock()
+	return c.take(b)
+}
+
+func (c *recConn) take(b []byte) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.failAt > 0 && len(c.frames)+1 == c.failAt {
+	stream := append(bytes.Clone(c.stream), b...)
+	var frames [][]byte
+	for len(stream) >= 4 && int(binary.BigEndian.Uint32(stream)) <= len(stream)-4 {
+		n := int(binary.BigEndian.Uint32(stream))
+		frames = append(frames, bytes.Clone(stream[4:4+n]))
+		stream = stream[4+n:]
+	}
+	if c.failAt > 0 && len(c.frames) < c.failAt && c.failAt <= len(c.frames)+len(frames) {
 		return errBroken
 	}
-	c.frames = append(c.frames, bytes.Clone(p))
+	c.stream = stream
+	c.frames = append(c.frames, frames...)
+	if len(frames) > 0 {
+		c.batches = append(c.batches, len(frames))
+	}
 	return nil
 }
 

@@ -3,6 +3,7 @@ package hub
 import (
 	"errors"
 	"hash/maphash"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,13 +15,24 @@ import (
 var ErrClosed = errors.New("hub: closed")
 
 // Conn is where a subscriber's frames go: one WebSocket connection, say.
-// WriteFrame sends one complete message. It is called only from the
-// subscriber's own writer goroutine, never concurrently with itself, and p
-// is valid only until it returns (the writer reuses the buffer). An error
-// drops the subscriber. A WriteFrame that blocks holds up only its own
-// subscriber; give it a deadline so that Close does not wait forever.
+// The hub frames each message itself (AppendHeader) and writes a batch of
+// whole frames at a time. Its methods are never called concurrently for
+// one Conn: one owner at a time (a writer loop, or the goroutine that
+// takes a snapshot or finishes a write) writes to it.
 type Conn interface {
-	WriteFrame(p []byte) error
+	// AppendHeader appends to dst what goes on the wire before a message
+	// of n bytes (for a WebSocket, the frame header); at most 16 bytes.
+	AppendHeader(dst []byte, n int) []byte
+	// TryWrite writes as much of b as the connection takes without
+	// blocking and returns how much that was. The hub's writer loops call
+	// it; it must never block, or one slow reader would hold up the
+	// others of its loop. An error drops the subscriber.
+	TryWrite(b []byte) (int, error)
+	// Write writes all of b, blocking until it is written: the rest of a
+	// batch TryWrite did not take, or a snapshot. It runs on a goroutine
+	// of the subscription's own; give it a deadline so that Close does not
+	// wait forever. An error drops the subscriber.
+	Write(b []byte) error
 }
 
 // Filter selects the markets a subscriber follows; an empty field matches
@@ -43,7 +55,7 @@ func (f Filter) Match(m market.MarketKey) bool {
 // directly runs ahead of the change-stream follower; a subscriber could
 // then see an offer go back to an older version.) Offers outside the
 // filter or not active are left out of the snapshot frame. It is called
-// from the subscriber's writer goroutine, once at the start and again after
+// from a goroutine of the subscription's, once at the start and again after
 // an overflow; an error ends the subscription.
 type SnapshotFunc func() ([]market.Offer, error)
 
@@ -63,6 +75,8 @@ type Options struct {
 	EncodeOffer OfferEncoder
 	// Now stamps updates published without a time (default time.Now).
 	Now func() time.Time
+	// Writers is the number of writer loops (default GOMAXPROCS).
+	Writers int
 }
 
 func (o Options) withDefaults() Options {
@@ -81,6 +95,9 @@ func (o Options) withDefaults() Options {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.Writers <= 0 {
+		o.Writers = runtime.GOMAXPROCS(0)
+	}
 	return o
 }
 
@@ -90,10 +107,11 @@ type Stats struct {
 	Published   uint64 // updates accepted by Publish
 	Enqueued    uint64 // (update, subscriber) pairs taken into subscriber queues; each is eventually sent or coalesced, unless the subscription ends
 	FramesSent  uint64 // frames written to Conns, snapshots included
+	Writes      uint64 // TryWrite calls and snapshot writes: FramesSent/Writes frames go out per write
 	Snapshots   uint64 // snapshot frames written
 	Coalesced   uint64 // pending updates dropped: replaced by a newer state of the offer, pushed out of a full trade ring, or cleared by an overflow
 	Resyncs     uint64 // overflows answered with a fresh snapshot
-	Dropped     uint64 // subscribers ended by a WriteFrame or snapshot error
+	Dropped     uint64 // subscribers ended by a write or snapshot error
 }
 
 // pubStripes is the number of locks that serialise Publish per market.
@@ -114,11 +132,12 @@ type Hub struct {
 	isClosed atomic.Bool
 	nextID   atomic.Uint64
 	pubMu    [pubStripes]sync.Mutex
-	writers  sync.WaitGroup
+	writers  sync.WaitGroup // open subscriptions, and writes still in flight for ended ones
+	loops    []*loop
 
-	subscribers                        atomic.Int64
-	published, enqueued, frames, snaps atomic.Uint64
-	coalesced, resyncs, dropped        atomic.Uint64
+	subscribers                                atomic.Int64
+	published, enqueued, frames, snaps, writes atomic.Uint64
+	coalesced, resyncs, dropped                atomic.Uint64
 }
 
 // group holds the subscribers of one filter, sharded by subscription id.
@@ -139,11 +158,15 @@ func New(opts Options) *Hub {
 	h := &Hub{opts: opts.withDefaults(), seed: maphash.MakeSeed()}
 	empty := map[Filter]*group{}
 	h.groups.Store(&empty)
+	h.loops = make([]*loop, h.opts.Writers)
+	for i := range h.loops {
+		h.loops[i] = newLoop()
+	}
 	return h
 }
 
-// Subscribe registers conn for the markets filter selects and starts its
-// writer goroutine. The first frame the writer sends is
+// Subscribe registers conn for the markets filter selects and schedules
+// its snapshot. The first frame written is
 // {"type":"snapshot","seq":1,"offers":[…]} built from snapshot; every
 // update published from the moment Subscribe returns follows it (updates
 // the snapshot already reflects are skipped), each frame with the next seq.
@@ -160,27 +183,30 @@ func (h *Hub) Subscribe(conn Conn, filter Filter, snapshot SnapshotFunc) (*Subsc
 		snap:     snapshot,
 		pos:      -1,
 		needSnap: true,
-		wake:     make(chan struct{}, 1),
 		done:     make(chan struct{}),
 	}
+	s.loop = h.loops[s.id%uint64(len(h.loops))]
 	if err := h.register(s); err != nil {
 		return nil, err
 	}
-	go s.run()
+	s.mu.Lock()
+	s.schedule()
+	s.mu.Unlock()
 	return s, nil
 }
 
-// Unsubscribe ends s: no frame is written after the one in flight, its
-// pending updates are dropped and its writer goroutine exits (Done).
+// Unsubscribe ends s: no frame is written after the batch in flight, its
+// pending updates are dropped, and Done is closed once that batch is
+// written.
 // It is safe to call more than once and from any goroutine.
 func (h *Hub) Unsubscribe(s *Subscription) {
 	h.unregister(s)
 	s.end(nil)
 }
 
-// Close ends every subscription, refuses new ones and updates, and waits
-// for the writer goroutines to exit; a writer blocked in WriteFrame is
-// waited for.
+// Close ends every subscription, refuses new ones and updates, waits for
+// the writes in flight (a Write blocked on a stalled client included) and
+// stops the writer loops.
 func (h *Hub) Close() {
 	h.regMu.Lock()
 	if h.closed {
@@ -204,6 +230,9 @@ func (h *Hub) Close() {
 		h.Unsubscribe(s)
 	}
 	h.writers.Wait()
+	for _, l := range h.loops {
+		l.stop()
+	}
 }
 
 // Publish encodes u once and hands it to every subscriber whose filter
@@ -267,6 +296,7 @@ func (h *Hub) Stats() Stats {
 		Published:   h.published.Load(),
 		Enqueued:    h.enqueued.Load(),
 		FramesSent:  h.frames.Load(),
+		Writes:      h.writes.Load(),
 		Snapshots:   h.snaps.Load(),
 		Coalesced:   h.coalesced.Load(),
 		Resyncs:     h.resyncs.Load(),

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -89,11 +90,18 @@ func TestPublishRejectsMalformedUpdates(t *testing.T) {
 // TestOrderAndSeq: a subscriber that keeps up gets every update in publish
 // order, trades interleaved where they were published, seq rising by one.
 func TestOrderAndSeq(t *testing.T) {
+	t.Run("whole", func(t *testing.T) { testOrderAndSeq(t, 0) })
+	// Every batch split mid-frame: TryWrite takes a few bytes, a goroutine
+	// writes the rest before anything else goes out.
+	t.Run("split", func(t *testing.T) { testOrderAndSeq(t, 7) })
+}
+
+func testOrderAndSeq(t *testing.T, tryLimit int) {
 	h := New(Options{TradeRing: 1000})
 	defer h.Close()
 	var conns []*recConn
 	for range 3 {
-		c := &recConn{}
+		c := &recConn{tryLimit: tryLimit}
 		conns = append(conns, c)
 		mustSubscribe(t, h, c, Filter{}, emptySnapshot)
 	}
@@ -127,6 +135,41 @@ func TestOrderAndSeq(t *testing.T) {
 	}
 	if st := h.Stats(); st.Coalesced != 0 || st.Published != 600 || st.Enqueued != 1800 {
 		t.Fatalf("stats %+v", st)
+	}
+}
+
+// TestBatching: what piles up while a subscriber's write is blocked goes
+// out in one write (at most MaxBatch frames each), in order, with seq
+// rising by one per frame.
+func TestBatching(t *testing.T) {
+	h := New(Options{})
+	defer h.Close()
+	c := &recConn{}
+	mustSubscribe(t, h, c, Filter{}, emptySnapshot)
+	waitFor(t, "snapshot", func() bool { return c.count() == 1 })
+	c.gate.Lock()
+	mustPublish(t, h, Update{Kind: KindTick, Market: h100East, OfferID: offerID(0), Version: 1, Price: decimal.NewFromInt(1), TS: t0})
+	// The snapshot's Write, a TryWrite that took nothing, the Write of
+	// the rest that blocks.
+	waitFor(t, "the blocked write", func() bool { return c.entered.Load() == 3 })
+	const n = MaxBatch + 10
+	for i := 1; i <= n; i++ {
+		mustPublish(t, h, Update{Kind: KindTick, Market: h100East, OfferID: offerID(i), Version: 1, Price: decimal.NewFromInt(int64(i)), TS: t0})
+	}
+	c.gate.Unlock()
+	waitFor(t, "all frames", func() bool { return c.count() == 1+1+n })
+	ms := c.msgs(t)
+	newModel().apply(t, ms)
+	for i, m := range ms[1:] {
+		if m.Type != "tick" || m.OfferID != offerID(i) {
+			t.Fatalf("frame %d = %+v, want a tick of %s", i+1, m, offerID(i))
+		}
+	}
+	c.mu.Lock()
+	batches := slices.Clone(c.batches)
+	c.mu.Unlock()
+	if want := []int{1, 1, MaxBatch, 10}; !slices.Equal(batches, want) { // the snapshot, the blocked tick, the rest
+		t.Fatalf("frames per batch %v, want %v", batches, want)
 	}
 }
 
@@ -328,7 +371,9 @@ func TestTradeRing(t *testing.T) {
 		return Update{Kind: KindTrade, Market: cpuNorth, Price: decimal.NewFromInt(1), Units: int64(i), Hours: 1}
 	}
 	mustPublish(t, h, trade(1))
-	waitFor(t, "the writer to block on trade 1", func() bool { return c.entered.Load() == 2 })
+	// The snapshot's Write, a TryWrite that took nothing, the Write of
+	// trade 1 that blocks.
+	waitFor(t, "the writer to block on trade 1", func() bool { return c.entered.Load() == 3 })
 	for i := 2; i <= 100; i++ {
 		mustPublish(t, h, trade(i))
 	}

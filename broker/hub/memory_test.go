@@ -13,7 +13,11 @@ import (
 // discardConn is a Conn that drops every frame, as fast as it can.
 type discardConn struct{}
 
-func (discardConn) WriteFrame([]byte) error { return nil }
+func (discardConn) AppendHeader(dst []byte, n int) []byte {
+	return append(dst, 0x81, 126, byte(n>>8), byte(n))
+}
+func (discardConn) TryWrite(b []byte) (int, error) { return len(b), nil }
+func (discardConn) Write([]byte) error             { return nil }
 
 // idleBytesPerSubscriber subscribes n subscribers that have had their
 // snapshot (20 offers) and a tick, and returns the heap and stack bytes

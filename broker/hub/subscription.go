@@ -8,18 +8,16 @@ import (
 	"computebroker/market"
 )
 
-// keepBuf is the largest write buffer a writer keeps between frames; the
-// buffer of a large snapshot is released.
-const keepBuf = 1024
-
-// Subscription is one subscriber: a Conn, its filter, its pending updates
-// and the writer goroutine that owns the Conn.
+// Subscription is one subscriber: a Conn, its filter and its pending
+// updates. Its frames are written by its hub's writer loops, not by a
+// goroutine of its own.
 type Subscription struct {
 	hub    *Hub
 	id     uint64
 	conn   Conn
 	filter Filter
 	snap   SnapshotFunc
+	loop   *loop
 
 	// Registry place; pos is guarded by the shard's lock, -1 once removed.
 	grp *group
@@ -30,17 +28,17 @@ type Subscription struct {
 	trades   tradeRing  // latest pending trades
 	stamp    uint64     // arrival counter ordering offers and trades
 	needSnap bool       // a snapshot goes first; updates until it starts are reflected in it
-	syncing  bool       // the writer is taking a snapshot; updates are kept
+	syncing  bool       // a snapshot is being taken; updates are kept
 	resync   bool       // an overflow while syncing: take the snapshot again
-	waiting  bool       // the writer waits on wake
+	queued   bool       // in its loop's ready list
+	busy     bool       // the conn is owned: a loop or a goroutine of s is writing (or taking the snapshot)
 	closed   bool
+	finished bool // done is closed
 	err      error
-	wake     chan struct{}
 	done     chan struct{}
 
-	// Owned by the writer goroutine.
+	// seq is the last seq sent; only the owner of the conn (busy) uses it.
 	seq uint64
-	buf []byte
 }
 
 // ID identifies the subscription within its hub.
@@ -52,12 +50,13 @@ func (s *Subscription) Filter() Filter { return s.filter }
 // Close is s.hub.Unsubscribe(s).
 func (s *Subscription) Close() { s.hub.Unsubscribe(s) }
 
-// Done is closed once the writer goroutine has exited: after Unsubscribe,
-// Close of the hub, or an error of the Conn or the snapshot function.
+// Done is closed once s has ended (Unsubscribe, Close of the hub, or an
+// error of the Conn or the snapshot function) and no write to its Conn is
+// in flight any more.
 func (s *Subscription) Done() <-chan struct{} { return s.done }
 
 // Err returns why the subscription ended: nil while it runs or when it was
-// unsubscribed, else the wrapped WriteFrame or snapshot error.
+// unsubscribed, else the wrapped Conn or snapshot error.
 func (s *Subscription) Err() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -86,7 +85,7 @@ func (s *Subscription) deliver(f *frame) (taken bool, coalesced uint64) {
 		if supersedes(f, e.f) {
 			e.f = f
 		}
-		return true, 1 // the writer already has work: no wake-up
+		return true, 1 // already scheduled: it has work pending
 	} else if s.offers.len() >= s.hub.opts.MaxPending {
 		coalesced = uint64(s.offers.reset()) + 1
 		s.hub.resyncs.Add(1)
@@ -99,11 +98,24 @@ func (s *Subscription) deliver(f *frame) (taken bool, coalesced uint64) {
 		s.stamp++
 		s.offers.push(entry{f, s.stamp})
 	}
-	if s.waiting {
-		s.waiting = false
-		s.wake <- struct{}{}
-	}
+	s.schedule()
 	return true, coalesced
+}
+
+// schedule puts s in its loop's ready list unless it is there already or
+// its conn is owned (the owner reschedules it when done). The caller holds
+// s.mu.
+func (s *Subscription) schedule() {
+	if s.queued || s.busy || s.closed {
+		return
+	}
+	s.queued = true
+	s.loop.push(s)
+}
+
+// hasWork reports whether anything waits to be written; s.mu is held.
+func (s *Subscription) hasWork() bool {
+	return s.needSnap || s.offers.len() > 0 || s.trades.n > 0
 }
 
 // supersedes reports whether n replaces o as the pending state of an offer:
@@ -116,8 +128,9 @@ func supersedes(n, o *frame) bool {
 	return !(o.kind == KindRemove && n.kind == KindTick)
 }
 
-// end marks s closed with err (nil: unsubscribed), drops what is pending
-// and wakes the writer so that it exits. It reports whether s was open.
+// end marks s closed with err (nil: unsubscribed) and drops what is
+// pending; once no write is in flight, Done is closed. It reports whether
+// s was open.
 func (s *Subscription) end(err error) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -128,11 +141,20 @@ func (s *Subscription) end(err error) bool {
 	s.err = err
 	s.offers.reset()
 	s.trades = tradeRing{}
-	if s.waiting {
-		s.waiting = false
-		s.wake <- struct{}{}
+	if !s.busy {
+		s.finish()
 	}
 	return true
+}
+
+// finish closes done; s.mu is held, s is closed and its conn not owned.
+func (s *Subscription) finish() {
+	if s.finished {
+		return
+	}
+	s.finished = true
+	close(s.done)
+	s.hub.writers.Done()
 }
 
 // fail ends s because its Conn or snapshot failed.
@@ -143,67 +165,122 @@ func (s *Subscription) fail(err error) {
 	}
 }
 
-// run is the writer goroutine: it alone calls snapshot and WriteFrame, and
-// it holds no lock while doing so.
-func (s *Subscription) run() {
-	defer s.hub.writers.Done()
-	defer close(s.done)
-	for {
-		s.mu.Lock()
-		for !s.closed && !s.needSnap && s.offers.len() == 0 && s.trades.n == 0 {
-			s.waiting = true
-			s.mu.Unlock()
-			<-s.wake
-			s.mu.Lock()
-		}
-		if s.closed {
-			s.mu.Unlock()
-			return
-		}
-		if s.needSnap {
-			s.needSnap, s.syncing = false, true
-			s.mu.Unlock()
+// release gives up the conn after a write or a snapshot: s is finished if
+// it was closed meanwhile, else rescheduled if more is pending.
+func (s *Subscription) release() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.busy = false
+	if s.closed {
+		s.finish()
+	} else if s.hasWork() {
+		s.schedule()
+	}
+}
+
+// next pops the oldest pending update, offers and trades merged in order
+// of arrival. The caller holds s.mu and has checked that one is pending.
+func (s *Subscription) next() entry {
+	switch {
+	case s.trades.n == 0:
+		return s.offers.pop()
+	case s.offers.len() == 0:
+		return s.trades.pop()
+	case s.trades.front().stamp < s.offers.front().stamp:
+		return s.trades.pop()
+	default:
+		return s.offers.pop()
+	}
+}
+
+// MaxBatch bounds the frames of one write (about 200 bytes each): the
+// frames a stalled subscriber holds in flight, besides the one pending
+// state per offer.
+const MaxBatch = 128
+
+// serve writes what s has pending, on loop l: a snapshot is handed to a
+// goroutine of its own; updates (at most MaxBatch) go out in one TryWrite,
+// and what the connection does not take at once is finished by a
+// goroutine, so that a slow reader never holds up the loop.
+func (s *Subscription) serve(l *loop) {
+	s.mu.Lock()
+	s.queued = false
+	if s.closed || s.busy || !s.hasWork() {
+		s.mu.Unlock()
+		return
+	}
+	s.busy = true
+	if s.needSnap {
+		s.needSnap, s.syncing = false, true
+		s.mu.Unlock()
+		go func() {
 			if err := s.sendSnapshot(); err != nil {
 				s.fail(err)
-				return
 			}
-			continue
-		}
-		var e entry
-		switch {
-		case s.trades.n == 0:
-			e = s.offers.pop()
-		case s.offers.len() == 0:
-			e = s.trades.pop()
-		case s.trades.front().stamp < s.offers.front().stamp:
-			e = s.trades.pop()
-		default:
-			e = s.offers.pop()
-		}
-		s.mu.Unlock()
-		if err := s.write(e.f); err != nil {
-			s.fail(fmt.Errorf("hub: write frame: %w", err))
-			return
-		}
+			s.release()
+		}()
+		return
 	}
+	ents := l.ents[:0]
+	for len(ents) < MaxBatch && (s.offers.len() > 0 || s.trades.n > 0) {
+		ents = append(ents, s.next())
+	}
+	s.mu.Unlock()
+
+	buf := l.buf[:0]
+	seq := s.seq
+	for _, e := range ents {
+		seq++
+		p := prefix[e.f.kind]
+		buf = s.conn.AppendHeader(buf, len(p)+digits(seq)+len(e.f.body))
+		buf = append(buf, p...)
+		buf = strconv.AppendUint(buf, seq, 10)
+		buf = append(buf, e.f.body...)
+	}
+	clear(ents)
+	l.ents = ents[:0]
+	if cap(buf) > 64<<10 {
+		l.buf = nil // a rare huge batch: do not keep its buffer
+	} else {
+		l.buf = buf[:0]
+	}
+	n, err := s.conn.TryWrite(buf)
+	s.hub.writes.Add(1)
+	if err != nil {
+		s.fail(fmt.Errorf("hub: write frames: %w", err))
+		s.release()
+		return
+	}
+	s.seq = seq
+	s.hub.frames.Add(uint64(len(ents)))
+	if n < len(buf) {
+		rest := append([]byte(nil), buf[n:]...)
+		go func() {
+			if err := s.conn.Write(rest); err != nil {
+				s.fail(fmt.Errorf("hub: write frames: %w", err))
+			}
+			s.release()
+		}()
+		return
+	}
+	s.release()
 }
 
-// write sends f with the next seq.
-func (s *Subscription) write(f *frame) error {
-	b := append(s.buf[:0], prefix[f.kind]...)
-	b = strconv.AppendUint(b, s.seq+1, 10)
-	b = append(b, f.body...)
-	s.buf = b
-	if err := s.conn.WriteFrame(b); err != nil {
-		return err
+// digits is the length of n in decimal.
+func digits(n uint64) int {
+	d := 1
+	for n >= 10 {
+		n /= 10
+		d++
 	}
-	s.seq++
-	s.hub.frames.Add(1)
-	return nil
+	return d
 }
+
+// maxHeader is room for any Conn's frame header in front of a snapshot.
+const maxHeader = 16
 
 // sendSnapshot takes a snapshot, drops the pending updates it reflects and
-// writes it. The caller has set syncing.
+// writes it. The caller owns the conn and has set syncing.
 func (s *Subscription) sendSnapshot() error {
 	offers, err := s.snap()
 	if err != nil {
@@ -212,7 +289,8 @@ func (s *Subscription) sendSnapshot() error {
 		s.mu.Unlock()
 		return fmt.Errorf("hub: snapshot: %w", err)
 	}
-	b := append(s.buf[:0], snapshotPrefix...)
+	b := make([]byte, maxHeader, maxHeader+256+256*len(offers))
+	b = append(b, snapshotPrefix...)
 	b = strconv.AppendUint(b, s.seq+1, 10)
 	b = append(b, `,"offers":[`...)
 	first := true
@@ -239,7 +317,6 @@ func (s *Subscription) sendSnapshot() error {
 		s.resync, s.needSnap = false, true
 		s.offers.reset()
 		s.mu.Unlock()
-		s.keep(b)
 		return nil
 	}
 	if s.offers.len() > 0 {
@@ -247,23 +324,21 @@ func (s *Subscription) sendSnapshot() error {
 	}
 	s.mu.Unlock()
 
-	err = s.conn.WriteFrame(b)
-	s.keep(b)
-	if err != nil {
+	var hdr [maxHeader]byte
+	h := s.conn.AppendHeader(hdr[:0], len(b)-maxHeader)
+	if len(h) > maxHeader {
+		return fmt.Errorf("hub: frame header of %d bytes", len(h))
+	}
+	start := maxHeader - len(h)
+	copy(b[start:], h)
+	if err := s.conn.Write(b[start:]); err != nil {
 		return fmt.Errorf("hub: write snapshot: %w", err)
 	}
 	s.seq++
+	s.hub.writes.Add(1)
 	s.hub.frames.Add(1)
 	s.hub.snaps.Add(1)
 	return nil
-}
-
-// keep keeps b as the write buffer unless it is large.
-func (s *Subscription) keep(b []byte) {
-	if cap(b) > keepBuf {
-		b = nil
-	}
-	s.buf = b[:0]
 }
 
 // reflectedIn returns a filter keeping the pending updates that offers do
