@@ -180,11 +180,60 @@ func (s *Store) UpdateOffers(ctx context.Context, us []OfferUpdate) []UpdateResu
 		}
 		g.idx, g.mkts = append(g.idx, i), append(g.mkts, mi)
 	}
-	for _, gk := range gorder {
+	// One script per group, all in one round trip (on a cluster the client
+	// sends each to its slot's node).
+	calls := make([]scriptCall, len(gorder))
+	for n, gk := range gorder {
 		g := groups[gk]
-		s.runUpdateGroup(ctx, us, res, g.order, g.idx, g.mkts)
+		calls[n] = updateCall(us, g.order, g.idx, g.mkts)
+	}
+	s.runScripts(ctx, updateBatchScript, calls)
+	for n, gk := range gorder {
+		decodeUpdates(us, res, groups[gk].idx, calls[n])
 	}
 	return res
+}
+
+// scriptCall is one run of a script in a pipeline.
+type scriptCall struct {
+	keys []string
+	args []any
+	out  []any
+	err  error
+}
+
+// runScripts runs the calls in one pipeline of EVALSHA; calls that find the
+// script missing (a restarted or failed-over Redis) run again with EVAL.
+func (s *Store) runScripts(ctx context.Context, sc *redis.Script, calls []scriptCall) {
+	run := func(todo []*scriptCall, eval bool) {
+		pipe := s.rdb.Pipeline()
+		cmds := make([]*redis.Cmd, len(todo))
+		for i, c := range todo {
+			if eval {
+				cmds[i] = sc.Eval(ctx, pipe, c.keys, c.args...)
+			} else {
+				cmds[i] = sc.EvalSha(ctx, pipe, c.keys, c.args...)
+			}
+		}
+		_, _ = pipe.Exec(ctx)
+		for i, c := range todo {
+			c.out, c.err = cmds[i].Slice()
+		}
+	}
+	todo := make([]*scriptCall, len(calls))
+	for i := range calls {
+		todo[i] = &calls[i]
+	}
+	run(todo, false)
+	var again []*scriptCall
+	for _, c := range todo {
+		if c.err != nil && redis.HasErrorPrefix(c.err, "NOSCRIPT") {
+			again = append(again, c)
+		}
+	}
+	if len(again) > 0 {
+		run(again, true)
+	}
 }
 
 // slotGroup says which updates may share one script: all of them on a single
@@ -196,7 +245,9 @@ func (s *Store) slotGroup(m market.MarketKey) int {
 	return int(keySlot(MarketTag(m)))
 }
 
-func (s *Store) runUpdateGroup(ctx context.Context, us []OfferUpdate, res []UpdateResult, markets []market.MarketKey, idx, mkts []int) {
+// updateCall prepares the script call for one group: the updates us[idx]
+// over markets, mkts giving each update's market number.
+func updateCall(us []OfferUpdate, markets []market.MarketKey, idx, mkts []int) scriptCall {
 	keys := make([]string, 0, 3*len(markets)+len(idx))
 	args := make([]any, 0, 3+2*len(markets)+8*len(idx))
 	args = append(args, len(markets), len(idx), changeStreamMaxLen)
@@ -225,7 +276,12 @@ func (s *Store) runUpdateGroup(ctx context.Context, us []OfferUpdate, res []Upda
 		}
 		args = append(args, mkts[k], u.ID, u.ProviderID, price, member, units, full, ms(now))
 	}
-	out, err := updateBatchScript.Run(ctx, s.rdb, keys, args...).Slice()
+	return scriptCall{keys: keys, args: args}
+}
+
+// decodeUpdates fills the results of the updates us[idx] from their call.
+func decodeUpdates(us []OfferUpdate, res []UpdateResult, idx []int, c scriptCall) {
+	out, err := c.out, c.err
 	if err == nil && len(out) != len(idx) {
 		err = fmt.Errorf("update script answered %d results for %d updates", len(out), len(idx))
 	}

@@ -317,3 +317,18 @@ func BenchmarkUpdateOffers(b *testing.B) {
 		})
 	}
 }
+
+// TestUpdateOffersAfterScriptFlush: a Redis that lost its scripts (restart,
+// failover) still takes a batch: EVALSHA fails with NOSCRIPT, EVAL runs it.
+func TestUpdateOffersAfterScriptFlush(t *testing.T) {
+	ctx := context.Background()
+	s := testStore(t)
+	m := market.MarketKey{Class: "gpu.h20-96g", Region: "cn-east"}
+	mustCreate(t, s, "f1", "p", m, 8, "16.00", true)
+	if err := s.rdb.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if r := s.UpdateOffers(ctx, []OfferUpdate{{ID: "f1", ProviderID: "p", Price: ptrPrice("15.00")}}); r[0].Err != nil || r[0].Version != 2 {
+		t.Fatalf("after SCRIPT FLUSH: %+v", r[0])
+	}
+}
