@@ -60,14 +60,16 @@ type Snapshot struct {
 // read.
 type provHead struct {
 	start, end int32
-	first      uint64 // prov[start].key when the list is not empty
+	first      uint64    // prov[start].key when the list is not empty
+	prov       *provider // the provider's record, when it is not empty
 }
 
 // provEntry is one offer in its provider's list: key is its price in ticks
 // and its index in slots, key = ticks<<30 | index, so that keys rise in book
-// order; meta is its hotSlot's.
+// order; meta is its hotSlot's; list is its slot's listTicks.
 type provEntry struct {
 	key, meta uint64
+	list      int64
 }
 
 const (
@@ -354,9 +356,9 @@ func (b *Book) Publish() *Snapshot {
 	s.provHead, s.prov = heads, make([]provEntry, n)
 	for i := range s.slots {
 		h := &heads[s.slots[i].prov.num]
-		e := provEntry{key: uint64(s.hot[i].ticks)<<provIndexBits | uint64(i), meta: s.hot[i].meta}
+		e := provEntry{key: uint64(s.hot[i].ticks)<<provIndexBits | uint64(i), meta: s.hot[i].meta, list: s.slots[i].listTicks}
 		if h.end == h.start {
-			h.first = e.key
+			h.first, h.prov = e.key, s.slots[i].prov
 		}
 		s.prov[h.end] = e
 		h.end++

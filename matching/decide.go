@@ -65,28 +65,36 @@ type span struct {
 	from, to int
 }
 
-type provNumber struct {
-	id string
-	n  int32
-}
-
 // cursor is the scan's position in one market.
 type cursor struct {
 	sn     *Snapshot
 	f      filter
-	i      int   // next offer
-	ticks  int64 // its price
-	b0, b1 int   // the grants bounding the market: Scratch.bound[b0:b1]
-	state  uint8 // scanning, or why the scan of the market ended
+	i      int    // next offer
+	ticks  int64  // its price
+	region uint64 // the grants whose region scope takes the market
+	state  uint8  // scanning, or why the scan of the market ended
+}
+
+// A grant mask has bit i set for the i-th prepared grant (see
+// Scratch.bounds); decisions with more than maxMasked grants bound offers
+// by the largest discount any grant pays instead.
+const maxMasked = 64
+
+// scopedProv is a provider that some scoped grant names, with the mask of
+// the grants naming it.
+type scopedProv struct {
+	id   string
+	num  int32
+	mask uint64
 }
 
 // scoped is a provider that a scoped grant names, in a market whose scan
 // stopped at the bound: its list is scanned from the stop.
 type scoped struct {
-	cur    int // in Scratch.curs
-	b0, b1 int // the grants bounding it: Scratch.bound[b0:b1]
-	num    int32
-	head   provHead // read in one pass over all of them
+	cur   int    // in Scratch.curs
+	bound uint64 // the grants that can pay on its offers in the market
+	num   int32
+	head  provHead // read in one pass over all of them
 }
 
 // Cursor states.
@@ -118,9 +126,9 @@ type Scratch struct {
 	snaps    []*Snapshot
 	cands    []Candidate
 	curs     []cursor
-	bound    []int // grant indices, see cursor.b0 and selectBound
+	unscoped uint64 // the grants scoped to no provider
+	provs    []scopedProv
 	scoped   []scoped
-	nums     []provNumber
 	// exhaustive turns the bound off: every offer is checked with the
 	// checker chain and priced (the brute-force scan the benchmarks compare
 	// against).
@@ -136,9 +144,9 @@ func (s *Scratch) release() {
 	clear(s.cuts)
 	clear(s.spans)
 	clear(s.curs)
-	clear(s.nums)
+	clear(s.provs)
 	clear(s.scoped)
-	s.nums, s.scoped = s.nums[:0], s.scoped[:0]
+	s.provs, s.scoped = s.provs[:0], s.scoped[:0]
 	s.snaps, s.picks, s.cands, s.cuts, s.spans, s.curs = s.snaps[:0], s.picks[:0], s.cands[:0], s.cuts[:0], s.spans[:0], s.curs[:0]
 }
 
@@ -288,7 +296,6 @@ func (s *Scratch) prepare(req *Request, limit int) bool {
 	s.cuts, s.spans = s.cuts[:0], s.spans[:0]
 	s.counts = reasonCounts{}
 	s.considered = 0
-	s.nums = s.nums[:0]
 	s.q = newQuery(req)
 	s.vouchers = false
 	if !intRequest(req) {
@@ -364,36 +371,73 @@ func Decide(req *Request, snaps []*Snapshot, limit int, s *Scratch) int {
 
 func (s *Scratch) full() bool { return s.limit > 0 && len(s.picks) >= s.limit && !s.exhaustive }
 
-// selectBound appends to s.bound the grants that can pay on an offer in
-// region from a provider that no scoped grant names (pid ""), or from pid,
-// and returns where they start.
-func (s *Scratch) selectBound(region, pid string) int {
-	b0 := len(s.bound)
-	if !s.vouchers {
-		return b0
-	}
+// bounds prepares the grant masks of the decision: the grants scoped to
+// no provider, and per provider that some grant names, the grants naming
+// it.
+func (s *Scratch) bounds() {
+	s.unscoped = 0
+	clear(s.provs)
+	s.provs = s.provs[:0]
 	grants := s.prep.Grants()
+	if !s.vouchers || len(grants) > maxMasked {
+		return
+	}
 	for i := range grants {
 		g := &grants[i]
-		if inList(g.Regions, region) && (len(g.Providers) == 0 || pid != "" && slices.Contains(g.Providers, pid)) {
-			s.bound = append(s.bound, i)
+		if len(g.Providers) == 0 {
+			s.unscoped |= 1 << i
+			continue
+		}
+	next:
+		for _, pid := range g.Providers {
+			for k := range s.provs {
+				if s.provs[k].id == pid {
+					s.provs[k].mask |= 1 << i
+					continue next
+				}
+			}
+			s.provs = append(s.provs, scopedProv{id: pid, num: providerNumber(pid), mask: 1 << i})
 		}
 	}
-	return b0
+}
+
+// regionMask returns the grants whose region scope takes region.
+func (s *Scratch) regionMask(region string) uint64 {
+	grants := s.prep.Grants()
+	if !s.vouchers || len(grants) > maxMasked {
+		return 0
+	}
+	var m uint64
+	for i := range grants {
+		if inList(grants[i].Regions, region) {
+			m |= 1 << i
+		}
+	}
+	return m
 }
 
 // beyond reports whether sl, priced at ticks, and so every later slot of
-// the same list, can no longer enter the best limit, given the grants
-// bound. It reads sl only when the net ties.
-func (s *Scratch) beyond(bound []int, ticks int64, sl *slot) bool {
+// the same list, can no longer enter the best limit, when the grants in
+// bound are the ones that can pay on it. It reads sl only when the net
+// ties.
+func (s *Scratch) beyond(bound uint64, ticks int64, sl *slot) bool {
 	g := grossCents(ticks, s.uh)
 	lb := g
-	if len(bound) > 0 {
+	if s.vouchers {
 		grants := s.prep.Grants()
-		for _, i := range bound {
-			if d := grants[i].MaxDiscountCents(g); d > 0 {
-				lb -= d
-				break
+		if len(grants) > maxMasked {
+			// Bound by the largest discount any grant pays.
+			d := int64(0)
+			for i := range grants {
+				d = max(d, grants[i].MaxDiscountCents(g))
+			}
+			lb -= d
+		} else {
+			for m := bound; m != 0; m &= m - 1 {
+				if d := grants[bits.TrailingZeros64(m)].MaxDiscountCents(g); d > 0 {
+					lb -= d
+					break
+				}
 			}
 		}
 	}
@@ -407,7 +451,8 @@ func (s *Scratch) beyond(bound []int, ticks int64, sl *slot) bool {
 // scan examines the offers of snaps cheapest first across markets, as
 // Decide describes.
 func (s *Scratch) scan(snaps []*Snapshot) {
-	s.curs, s.bound = s.curs[:0], s.bound[:0]
+	s.curs = s.curs[:0]
+	s.bounds()
 	for _, sn := range snaps {
 		if sn == nil || len(sn.slots) == 0 {
 			continue
@@ -426,8 +471,7 @@ func (s *Scratch) scan(snaps []*Snapshot) {
 			}
 			continue
 		}
-		b0 := s.selectBound(sn.Market.Region, "")
-		s.curs = append(s.curs, cursor{sn: sn, f: f, ticks: sn.hot[0].ticks, b0: b0, b1: len(s.bound)})
+		s.curs = append(s.curs, cursor{sn: sn, f: f, ticks: sn.hot[0].ticks, region: s.regionMask(sn.Market.Region)})
 	}
 	if len(s.curs) == 1 {
 		s.run(&s.curs[0], math.MaxInt64)
@@ -454,7 +498,7 @@ func (s *Scratch) scan(snaps []*Snapshot) {
 			s.run(c, next)
 		}
 	}
-	if s.vouchers {
+	if len(s.provs) > 0 {
 		s.scanScoped()
 	}
 	for j := range s.curs {
@@ -481,12 +525,12 @@ func (s *Scratch) run(c *cursor, next int64) {
 			return
 		}
 		sl := &c.sn.slots[i]
-		if s.full() && s.beyond(s.bound[c.b0:c.b1], h.ticks, sl) {
+		if s.full() && s.beyond(c.region&s.unscoped, h.ticks, sl) {
 			c.i, c.ticks, c.state = i, h.ticks, atBound
 			return
 		}
 		if c.f.pass(h) && (!c.f.exact || s.certified(sl)) {
-			s.take(sl)
+			s.take(sl, c.sn.Market.Region)
 		}
 	}
 	c.i, c.state = len(hot), atEnd
@@ -500,52 +544,44 @@ func (s *Scratch) certified(sl *slot) bool {
 // scanScoped scans, past where a market's scan stopped at the bound, the
 // offers of the providers that a scoped grant names, each through its own
 // list. It first lists the (market, provider) pairs that may still win at
-// the market's stop price, then reads their lists' heads in one short pass
-// (a head is seldom in cache, and these reads then overlap), then scans.
+// the market's stop price (no memory read), then reads their lists' heads
+// in one short pass (a head is seldom in cache, and these reads then
+// overlap), then scans.
 func (s *Scratch) scanScoped() {
 	s.scoped = s.scoped[:0]
-	grants := s.prep.Grants()
 	for ci := range s.curs {
 		c := &s.curs[ci]
 		if c.state != atBound {
 			continue
 		}
-		region := c.sn.Market.Region
-		for i := range grants {
-			g := &grants[i]
-			if len(g.Providers) == 0 || !inList(g.Regions, region) {
-				continue
+		for _, p := range s.provs {
+			if p.mask&c.region == 0 || p.num < 0 {
+				continue // no grant in this region names it, or no book has its offers
 			}
-			for j, pid := range g.Providers {
-				if slices.Contains(g.Providers[:j], pid) || seenProvider(grants[:i], region, pid) {
-					continue
-				}
-				b0 := s.selectBound(region, pid)
-				if s.full() && s.beyond(s.bound[b0:], c.ticks, &c.sn.slots[c.i]) {
-					s.bound = s.bound[:b0]
-					continue // even at the stop price this provider cannot win
-				}
-				s.scoped = append(s.scoped, scoped{cur: ci, b0: b0, b1: len(s.bound), num: s.provNum(pid)})
+			bound := c.region & (s.unscoped | p.mask)
+			if s.full() && s.beyond(bound, c.ticks, &c.sn.slots[c.i]) {
+				continue // even at the stop price this provider cannot win
 			}
+			s.scoped = append(s.scoped, scoped{cur: ci, bound: bound, num: p.num})
 		}
 	}
 	for k := range s.scoped {
 		p := &s.scoped[k]
-		if hs := s.curs[p.cur].sn.provHead; p.num >= 0 && int(p.num) < len(hs) {
+		if hs := s.curs[p.cur].sn.provHead; int(p.num) < len(hs) {
 			p.head = hs[p.num]
 		}
 	}
 	for k := range s.scoped {
 		p := &s.scoped[k]
 		if p.head.end > p.head.start {
-			s.scanProvider(&s.curs[p.cur], s.bound[p.b0:p.b1], &p.head)
+			s.scanProvider(&s.curs[p.cur], p.bound, &p.head)
 		}
 	}
 }
 
 // scanProvider scans, from where c's market scan stopped, the list of
-// the provider with head h, bounded by the grants bound.
-func (s *Scratch) scanProvider(c *cursor, bound []int, h *provHead) {
+// the provider with head h, bounded by the grants in bound.
+func (s *Scratch) scanProvider(c *cursor, bound uint64, h *provHead) {
 	sn := c.sn
 	from := uint64(c.ticks)<<provIndexBits | uint64(c.i) // the key of the stop
 	list, k0 := sn.prov[h.start:h.end], 0
@@ -554,6 +590,7 @@ func (s *Scratch) scanProvider(c *cursor, bound []int, h *provHead) {
 	} else if s.full() && s.beyond(bound, int64(h.first>>provIndexBits), &sn.slots[h.first&(maxBookOffers-1)]) {
 		return // the list's first entry, which the head holds, is past the bound
 	}
+	region := sn.Market.Region
 	k := k0
 	for ; k < len(list); k++ {
 		e := &list[k]
@@ -563,7 +600,8 @@ func (s *Scratch) scanProvider(c *cursor, bound []int, h *provHead) {
 			break
 		}
 		if c.f.pass(&hotSlot{meta: e.meta}) && (!c.f.exact || s.certified(sl)) {
-			s.take(sl)
+			// The entry and the head hold what pricing reads of the slot.
+			s.price(sl, region, ticks, e.list, h.prov)
 		}
 	}
 	if k > k0 {
@@ -592,18 +630,6 @@ func searchFrom(list []provEntry, from uint64) int {
 	return lo
 }
 
-// provNum returns pid's provider number, looked up once per decision.
-func (s *Scratch) provNum(pid string) int32 {
-	for i := range s.nums {
-		if s.nums[i].id == pid {
-			return s.nums[i].n
-		}
-	}
-	n := providerNumber(pid)
-	s.nums = append(s.nums, provNumber{pid, n})
-	return n
-}
-
 // scanAll checks every offer of sn up to the job's max price with the
 // checker chain and prices every eligible one: the brute-force scan.
 func (s *Scratch) scanAll(sn *Snapshot) {
@@ -619,41 +645,35 @@ func (s *Scratch) scanAll(sn *Snapshot) {
 			s.counts[r]++
 			continue
 		}
-		s.take(sl)
+		s.take(sl, sn.Market.Region)
 	}
-}
-
-// seenProvider reports whether an earlier scoped grant in region named pid.
-func seenProvider(grants []voucher.Compiled, region, pid string) bool {
-	for i := range grants {
-		if len(grants[i].Providers) > 0 && inList(grants[i].Regions, region) && slices.Contains(grants[i].Providers, pid) {
-			return true
-		}
-	}
-	return false
 }
 
 func inList(scope []string, id string) bool { return len(scope) == 0 || slices.Contains(scope, id) }
 
 // target describes sl for the voucher rules.
 func (s *Scratch) target(sl *slot) voucher.Target {
-	var region string
-	if sl.mkt == s.q.mkt {
-		region = s.q.mkt.Region
-	} else {
-		region = sl.mkt.Region
-	}
-	return voucher.Target{Provider: &sl.prov.acct, Offer: &sl.it.Offer, Region: region,
+	return voucher.Target{Provider: &sl.prov.acct, Offer: &sl.it.Offer, Region: sl.mkt.Region,
 		PriceTicks: sl.ticks, ListTicks: sl.listTicks, Ref: s.req.Reference, ProviderSig: sl.prov.sig}
 }
 
-// take prices an eligible offer and keeps it if it is among the best limit
-// so far.
-func (s *Scratch) take(sl *slot) {
-	p := pick{s: sl, gross: grossCents(sl.ticks, s.uh), grant: -1}
+// take prices an eligible offer in region and keeps it if it is among the
+// best limit so far.
+func (s *Scratch) take(sl *slot, region string) {
+	s.price(sl, region, sl.ticks, sl.listTicks, sl.prov)
+}
+
+// price is take with the slot's price, list price and provider given: it
+// reads the slot itself only for the voucher guard's reference price.
+func (s *Scratch) price(sl *slot, region string, ticks, listTicks int64, prov *provider) {
+	p := pick{s: sl, gross: grossCents(ticks, s.uh), grant: -1}
 	p.net = p.gross
 	if s.vouchers {
-		t := s.target(sl)
+		t := voucher.Target{Provider: &prov.acct, Region: region, PriceTicks: ticks, ListTicks: listTicks,
+			Ref: s.req.Reference, ProviderSig: prov.sig}
+		if t.Ref != nil || listTicks < 0 {
+			t.Offer = &sl.it.Offer
+		}
 		if idx, d := s.prep.Choose(&t, p.gross); idx >= 0 {
 			p.grant, p.disc, p.net = idx, d, p.gross-d
 		}

@@ -192,3 +192,33 @@ func TestSlotSize(t *testing.T) {
 		t.Fatalf("hotSlot is %d bytes", n)
 	}
 }
+
+// TestDecideManyGrants: a request with more grants than a grant mask
+// holds is bounded by the largest discount and still gives Rank's answer.
+func TestDecideManyGrants(t *testing.T) {
+	s := NewScratch()
+	withVoucher := 0
+	for seed := int64(1); seed <= 60; seed++ {
+		w := newWorld(seed)
+		w.fill(50 + w.rng.Intn(100))
+		for k := 0; k < 5; k++ {
+			req := w.request()
+			req.Job.UseVouchers = true
+			for i := len(req.Grants); i < maxMasked+1+w.rng.Intn(10); i++ {
+				req.Grants = append(req.Grants, w.grant(i))
+			}
+			limit := w.rng.Intn(4)
+			snaps := w.snaps(&req)
+			want := Rank(req, candidatesOf(snaps), limit)
+			Decide(&req, snaps, limit, s)
+			got := s.Result()
+			sameMatches(t, fmt.Sprintf("seed %d case %d", seed, k), got.Matches, want.Matches)
+			if len(want.Matches) > 0 && want.Matches[0].VoucherID != "" {
+				withVoucher++
+			}
+		}
+	}
+	if withVoucher < 50 {
+		t.Fatalf("only %d wins with a voucher", withVoucher)
+	}
+}
