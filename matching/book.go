@@ -198,12 +198,15 @@ type Book struct {
 	byProv  map[string][]slot    // working per-provider lists, book order
 	dirty   bool
 	version uint64
-	snap    atomic.Pointer[Snapshot]
+	snap    *atomic.Pointer[Snapshot] // the published snapshot
 }
 
 // NewBook returns an empty book for key with an empty published snapshot.
-func NewBook(key market.MarketKey) *Book {
-	b := &Book{
+func NewBook(key market.MarketKey) *Book { return newBook(key, new(atomic.Pointer[Snapshot])) }
+
+// newBook is NewBook publishing through snap.
+func newBook(key market.MarketKey, snap *atomic.Pointer[Snapshot]) *Book {
+	b := &Book{snap: snap,
 		key: key, byID: map[string]slot{}, provs: map[string]*provider{},
 		byProv: map[string][]slot{},
 	}

@@ -89,13 +89,20 @@ type Config struct {
 type Engine struct {
 	cfg     Config
 	markets map[market.MarketKey]*owner
-	regions map[string][]string // class → regions, sorted
-	byClass map[string][]*owner // class → its markets' owners, by region
-	pool    sync.Pool           // *Scratch
+	byClass map[string]*classMarkets
+	pool    sync.Pool // *Scratch
 	wg      sync.WaitGroup
 	done    chan struct{}
 	once    sync.Once
 	rest    restRegistry
+}
+
+// classMarkets is a class's markets, by region, with the books' published
+// snapshots side by side so that a decision finds them in a cache line or
+// two.
+type classMarkets struct {
+	regions []string
+	snaps   []atomic.Pointer[Snapshot] // snaps[i] is the book of regions[i]'s
 }
 
 // owner is the goroutine that owns one market's book.
@@ -125,25 +132,26 @@ func NewEngine(cfg Config) *Engine {
 	if cfg.QueueSize <= 0 {
 		cfg.QueueSize = 1024
 	}
-	e := &Engine{markets: map[market.MarketKey]*owner{}, regions: map[string][]string{}, byClass: map[string][]*owner{}, done: make(chan struct{})}
+	e := &Engine{markets: map[market.MarketKey]*owner{}, byClass: map[string]*classMarkets{}, done: make(chan struct{})}
 	e.pool.New = func() any { return NewScratch() }
 	e.rest.jobs = map[string]*restingJob{}
 	e.rest.byMarket = map[market.MarketKey][]*restingJob{}
+	classes := map[string][]string{} // class → regions
 	for _, m := range cfg.Markets {
-		if _, dup := e.markets[m]; dup {
-			continue
+		if !slices.Contains(classes[m.Class], m.Region) {
+			classes[m.Class] = append(classes[m.Class], m.Region)
 		}
-		o := &owner{book: NewBook(m), queue: make(chan ownerMsg, cfg.QueueSize)}
-		e.markets[m] = o
-		e.regions[m.Class] = append(e.regions[m.Class], m.Region)
+	}
+	for c, regions := range classes {
+		slices.Sort(regions)
+		cm := &classMarkets{regions: regions, snaps: make([]atomic.Pointer[Snapshot], len(regions))}
+		e.byClass[c] = cm
+		for i, r := range regions {
+			m := market.MarketKey{Class: c, Region: r}
+			e.markets[m] = &owner{book: newBook(m, &cm.snaps[i]), queue: make(chan ownerMsg, cfg.QueueSize)}
+		}
 	}
 	e.cfg = cfg
-	for c := range e.regions {
-		slices.Sort(e.regions[c])
-		for _, r := range e.regions[c] {
-			e.byClass[c] = append(e.byClass[c], e.markets[market.MarketKey{Class: c, Region: r}])
-		}
-	}
 	for _, o := range e.markets {
 		e.wg.Add(1)
 		go e.run(o)
@@ -248,10 +256,14 @@ func (e *Engine) snapshots(req *Request, dst []*Snapshot) []*Snapshot {
 	if class == "" {
 		class = req.Class.ID
 	}
+	cm := e.byClass[class]
+	if cm == nil {
+		return dst
+	}
 	regions := req.Job.Regions
 	if len(regions) == 0 {
-		for _, o := range e.byClass[class] {
-			dst = append(dst, o.book.Snapshot())
+		for i := range cm.snaps {
+			dst = append(dst, cm.snaps[i].Load())
 		}
 		return dst
 	}
@@ -259,8 +271,8 @@ func (e *Engine) snapshots(req *Request, dst []*Snapshot) []*Snapshot {
 		if slices.Contains(regions[:i], r) {
 			continue
 		}
-		if o := e.markets[market.MarketKey{Class: class, Region: r}]; o != nil {
-			dst = append(dst, o.book.Snapshot())
+		if j := slices.Index(cm.regions, r); j >= 0 {
+			dst = append(dst, cm.snaps[j].Load())
 		}
 	}
 	return dst

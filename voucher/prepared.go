@@ -45,7 +45,7 @@ type Prepared struct {
 	guardC uint64 // guard ratio coefficient, 0 when not representable
 	guardE int32
 	class  market.ResourceClass
-	smeSig uint64 // KeysSig of the SME's related-party keys
+	smeSig uint64 // KeysSig of the SME's related-party keys, 0 until needed
 }
 
 // Grants returns the compiled grants in choice order (expires first, then
@@ -61,7 +61,7 @@ func (p *Prepared) Grants() []Compiled { return p.grants }
 func (r Rules) Prepare(p *Prepared, now time.Time, sme market.Account, class market.ResourceClass, grants []Grant) (ok bool) {
 	p.grants = p.grants[:0]
 	p.sme, p.rules, p.class = sme, r, class
-	p.smeSig = KeysSig(sme.RelatedPartyKeys)
+	p.smeSig = 0 // taken when first needed
 	g := r.guard()
 	p.guardC, p.guardE = 0, g.Exponent()
 	if g.NumDigits() <= 18 {
@@ -166,6 +166,9 @@ func KeysSig(keys []string) uint64 {
 // related reports whether the SME and the target's provider share a
 // related-party key.
 func (p *Prepared) related(t *Target) bool {
+	if t.ProviderSig != 0 && p.smeSig == 0 {
+		p.smeSig = KeysSig(p.sme.RelatedPartyKeys)
+	}
 	if t.ProviderSig != 0 && t.ProviderSig&p.smeSig&^sigKnown == 0 {
 		return false
 	}
