@@ -47,6 +47,9 @@ func comparePick(a, b *pick) int {
 func grossCents(ticks, uh int64) int64 {
 	hi, lo := bits.Mul64(uint64(ticks), uint64(uh))
 	lo, c := bits.Add64(lo, 50, 0)
+	if hi+c == 0 {
+		return int64(lo / 100) // a multiplication, where Div64 divides
+	}
 	q, _ := bits.Div64(hi+c, lo, 100)
 	return int64(q)
 }

@@ -2,6 +2,8 @@ package matching
 
 import (
 	"fmt"
+	"math/big"
+	"math/rand"
 	"reflect"
 	"testing"
 	"unsafe"
@@ -220,5 +222,25 @@ func TestDecideManyGrants(t *testing.T) {
 	}
 	if withVoucher < 50 {
 		t.Fatalf("only %d wins with a voucher", withVoucher)
+	}
+}
+
+// TestGrossCents: round_half_up(ticks × uh / 100) against big integers,
+// around the 64-bit boundary of the product too.
+func TestGrossCents(t *testing.T) {
+	rng := rand.New(rand.NewSource(9))
+	for n := 0; n < 200000; n++ {
+		ticks := rng.Int63n(maxTicks + 1)
+		uh := rng.Int63n(market.MaxUnits*market.MaxHours) + 1
+		if n%3 == 0 {
+			// Products near 2⁶⁴ - 50.
+			uh = int64((uint64(1<<63)/uint64(max(ticks, 1)))*2) + rng.Int63n(3) - 1
+			uh = min(max(uh, 1), market.MaxUnits*market.MaxHours)
+		}
+		p := new(big.Int).Mul(big.NewInt(ticks), big.NewInt(uh))
+		want := p.Add(p, big.NewInt(50)).Quo(p, big.NewInt(100)).Int64()
+		if got := grossCents(ticks, uh); got != want {
+			t.Fatalf("grossCents(%d, %d) = %d, want %d", ticks, uh, got, want)
+		}
 	}
 }

@@ -122,7 +122,10 @@ func discountCents(rateBP, capCents, gross int64) int64 {
 		return 0
 	}
 	hi, lo := bits.Mul64(uint64(rateBP), uint64(gross))
-	q, _ := bits.Div64(hi, lo, 10_000) // hi < 10⁴ since rateBP ≤ 10⁴, gross < 2⁶³
+	q := lo / 10_000 // a multiplication, where Div64 divides
+	if hi != 0 {
+		q, _ = bits.Div64(hi, lo, 10_000) // hi < 10⁴ since rateBP ≤ 10⁴, gross < 2⁶³
+	}
 	return min(int64(q), capCents, gross)
 }
 

@@ -2,6 +2,7 @@ package voucher
 
 import (
 	"fmt"
+	"math/big"
 	"math/rand"
 	"testing"
 	"time"
@@ -157,5 +158,27 @@ func TestKeysSig(t *testing.T) {
 	}
 	if apart < 1000 {
 		t.Fatalf("signatures told only %d unrelated pairs apart", apart)
+	}
+}
+
+// TestDiscountCents: min(floor(rate × gross / 10⁴), cap, gross) against big
+// integers, with products past 64 bits too.
+func TestDiscountCents(t *testing.T) {
+	rng := rand.New(rand.NewSource(4))
+	for n := 0; n < 200000; n++ {
+		rate := rng.Int63n(10_001)
+		gross := rng.Int63()
+		if n%2 == 0 {
+			gross = rng.Int63n(1 << 50)
+		}
+		capCents := rng.Int63()
+		p := new(big.Int).Mul(big.NewInt(rate), big.NewInt(gross))
+		want := min(p.Quo(p, big.NewInt(10_000)).Int64(), capCents, gross)
+		if rate == 0 {
+			want = 0
+		}
+		if got := discountCents(rate, capCents, gross); got != want {
+			t.Fatalf("discountCents(%d, %d, %d) = %d, want %d", rate, capCents, gross, got, want)
+		}
 	}
 }
