@@ -11,10 +11,14 @@
 //
 // Rank is the reference: it checks every candidate and prices it with the
 // decimal voucher rules. Decide is the fast path over Book snapshots: the
-// same checkers, integer pricing (voucher.Prepared), a scan cheapest first
-// that stops at a proven lower bound, and no allocation once its Scratch is
-// warm. The property tests hold Decide to Rank's answer on thousands of
-// random books and jobs, and DecideSplit to a brute-force enumeration.
+// checker chain compiled per job and market into a few comparisons on a
+// packed copy of the book (held to the chain by TestFilterEqualsChain),
+// integer pricing (voucher.Prepared), a scan cheapest first across the
+// job's markets that stops at a proven lower bound, the rejection reasons
+// taken by the chain only when asked for, and no allocation once its
+// Scratch is warm. The property tests hold Decide to Rank's answer on
+// thousands of random books and jobs, and DecideSplit to a brute-force
+// enumeration.
 //
 // Concurrency: a Book has one writer. An Engine runs one goroutine per
 // market that owns the market's Book, drains a bounded queue of events
