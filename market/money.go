@@ -101,14 +101,47 @@ func Gross(price decimal.Decimal, units, hours int64) decimal.Decimal {
 // FloorCents rounds d down to whole fen (0.01 CNY).
 func FloorCents(d decimal.Decimal) decimal.Decimal { return d.RoundFloor(AmountScale) }
 
+// maxTicks is the largest tick count PriceTicks gives.
+const maxTicks = 1 << 62
+
 // PriceTicks converts a price to an exact count of 0.0001 CNY. ok is false
 // when the price has more than four decimal places or does not fit an int64.
 func PriceTicks(price decimal.Decimal) (ticks int64, ok bool) {
+	// Fast path, without big.Int arithmetic: a coefficient of at most 18
+	// digits is an exact int64. Every price update goes through here.
+	if price.NumDigits() <= 18 {
+		v, s := price.CoefficientInt64(), int(price.Exponent())+PriceScale
+		switch {
+		case v < 0:
+			return 0, false
+		case v == 0:
+			return 0, true
+		case s >= 0:
+			for ; s > 0; s-- {
+				if v > maxTicks/10 {
+					return 0, false
+				}
+				v *= 10
+			}
+			return v, v <= maxTicks
+		case s >= -18:
+			p := int64(1)
+			for ; s < 0; s++ {
+				p *= 10
+			}
+			if v%p != 0 {
+				return 0, false
+			}
+			return v / p, true
+		default:
+			return 0, false // a non-zero coefficient of ≤ 18 digits below 10^-18 ticks
+		}
+	}
 	t := price.Shift(PriceScale)
 	if !t.Equal(t.Truncate(0)) || !t.IsInteger() {
 		return 0, false
 	}
-	if t.Cmp(decimal.NewFromInt(1<<62)) > 0 || t.IsNegative() {
+	if t.Cmp(decimal.NewFromInt(maxTicks)) > 0 || t.IsNegative() {
 		return 0, false
 	}
 	return t.IntPart(), true

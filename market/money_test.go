@@ -1,6 +1,9 @@
 package market
 
 import (
+	"math/big"
+	"math/rand"
+	"strconv"
 	"testing"
 
 	"github.com/shopspring/decimal"
@@ -99,5 +102,47 @@ func TestPriceTicksExact(t *testing.T) {
 	}
 	if FormatPrice(d("21.5")) != "21.50" || FormatPrice(d("0.2375")) != "0.2375" || FormatAmount(d("7")) != "7.00" {
 		t.Error("format")
+	}
+}
+
+// priceTicksRef is PriceTicks without the int64 fast path: the definition.
+func priceTicksRef(price decimal.Decimal) (int64, bool) {
+	t := price.Shift(PriceScale)
+	if !t.Equal(t.Truncate(0)) || t.Cmp(decimal.NewFromInt(maxTicks)) > 0 || t.IsNegative() {
+		return 0, false
+	}
+	return t.IntPart(), true
+}
+
+// TestPriceTicksFastPath: the int64 fast path agrees with the decimal
+// definition on random coefficients and exponents, edges included.
+func TestPriceTicksFastPath(t *testing.T) {
+	rng := rand.New(rand.NewSource(7))
+	check := func(d decimal.Decimal) {
+		t.Helper()
+		n, ok := PriceTicks(d)
+		wn, wok := priceTicksRef(d)
+		if n != wn || ok != wok {
+			t.Fatalf("PriceTicks(%s) = %d %v, want %d %v", d, n, ok, wn, wok)
+		}
+	}
+	for _, s := range []string{"0", "-0", "0.0001", "0.00001", "21.5", "21.50000", "-1", "461168601842738.7904", "461168601842738.7903", "461168601842738.7905",
+		"461168601842738.79041", "1e14", "1e15", "999999999999999999", "9999999999999999999", "1e-30", "0e-30", "100000000000000000000e-20"} {
+		check(decimal.RequireFromString(s))
+	}
+	for i := 0; i < 200_000; i++ {
+		digits := 1 + rng.Intn(22)
+		v := rng.Int63n(1 << 62)
+		for len(strconv.FormatInt(v, 10)) > digits {
+			v /= 10
+		}
+		coef := new(big.Int).SetInt64(v)
+		if digits > 18 { // some coefficients past int64
+			coef.Mul(coef, big.NewInt(int64(rng.Intn(1000)+1)))
+		}
+		if rng.Intn(10) == 0 {
+			coef.Neg(coef)
+		}
+		check(decimal.NewFromBigInt(coef, int32(rng.Intn(46)-25)))
 	}
 }
