@@ -250,6 +250,136 @@ func readMessage(ws *websocket.Conn, buf []byte) ([]byte, error) {
 // bodies: unknown fields, trailing data and wrong types are invalid, and
 // type and ref are required.
 func decodeCommand(msg []byte, cmd *providerCommand) error {
+	if scanCommand(msg, cmd) {
+		return nil
+	}
+	*cmd = providerCommand{}
+	return decodeCommandJSON(msg, cmd)
+}
+
+// scanCommand is decodeCommand's fast path for the plain messages clients
+// send (a profile put encoding/json at 17% of brokerd under price ingest):
+// one flat object of known keys, each once, with strings free of escapes,
+// control and non-ASCII bytes, units a plain integer, type and ref present.
+// It reports false, leaving cmd in any state, for anything else, which
+// then goes through encoding/json: what it accepts, encoding/json accepts
+// with the same values.
+func scanCommand(msg []byte, cmd *providerCommand) bool {
+	i := 0
+	ws := func() {
+		for i < len(msg) && (msg[i] == ' ' || msg[i] == '\t' || msg[i] == '\n' || msg[i] == '\r') {
+			i++
+		}
+	}
+	str := func() (string, bool) {
+		if i >= len(msg) || msg[i] != '"' {
+			return "", false
+		}
+		start := i + 1
+		for j := start; j < len(msg); j++ {
+			switch c := msg[j]; {
+			case c == '"':
+				i = j + 1
+				return string(msg[start:j]), true
+			case c == '\\' || c < 0x20 || c >= 0x80:
+				return "", false
+			}
+		}
+		return "", false
+	}
+	ws()
+	if i >= len(msg) || msg[i] != '{' {
+		return false
+	}
+	i++
+	var seen [5]bool
+	for first := true; ; first = false {
+		ws()
+		if i < len(msg) && msg[i] == '}' && first {
+			return false // an empty object: encoding/json explains what is missing
+		}
+		key, ok := str()
+		if !ok {
+			return false
+		}
+		ws()
+		if i >= len(msg) || msg[i] != ':' {
+			return false
+		}
+		i++
+		ws()
+		var k int
+		switch key {
+		case "type":
+			k = 0
+		case "ref":
+			k = 1
+		case "offer_id":
+			k = 2
+		case "price":
+			k = 3
+		case "units":
+			k = 4
+		default:
+			return false
+		}
+		if seen[k] {
+			return false
+		}
+		seen[k] = true
+		if k == 4 {
+			start := i
+			if i < len(msg) && msg[i] == '-' {
+				i++
+			}
+			digits := i
+			for i < len(msg) && msg[i] >= '0' && msg[i] <= '9' {
+				i++
+			}
+			n := i - digits
+			if n == 0 || n > 18 || n > 1 && msg[digits] == '0' {
+				return false
+			}
+			u, err := strconv.ParseInt(string(msg[start:i]), 10, 64)
+			if err != nil {
+				return false
+			}
+			cmd.Units = &u
+		} else {
+			v, ok := str()
+			if !ok {
+				return false
+			}
+			switch k {
+			case 0:
+				cmd.Type = v
+			case 1:
+				cmd.Ref = &v
+			case 2:
+				cmd.OfferID = v
+			case 3:
+				cmd.Price = &v
+			}
+		}
+		ws()
+		if i >= len(msg) {
+			return false
+		}
+		if msg[i] == ',' {
+			i++
+			continue
+		}
+		if msg[i] != '}' {
+			return false
+		}
+		i++
+		ws()
+		return i == len(msg) && seen[0] && seen[1] && cmd.Type != ""
+	}
+}
+
+// decodeCommandJSON is decodeCommand through encoding/json.
+func decodeCommandJSON(msg []byte, cmd *providerCommand) error {
 	if len(bytes.TrimSpace(msg)) == 0 {
 		return market.Invalid("a message must be a JSON object")
 	}
