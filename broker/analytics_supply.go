@@ -259,7 +259,7 @@ func (h *handlers) capacity(c *fiber.Ctx) error {
 	for i, m := range cs {
 		util := decimal.Zero
 		if m.UnitsListed > 0 {
-			util = decimal.NewFromInt(m.UnitsListed - m.UnitsFree).DivRound(decimal.NewFromInt(m.UnitsListed), 4)
+			util = decimal.NewFromInt(m.UnitsListed-m.UnitsFree).DivRound(decimal.NewFromInt(m.UnitsListed), 4)
 		}
 		out[i] = capacityView{ResourceClass: m.Market.Class, Region: m.Market.Region, Offers: m.Offers,
 			UnitsListed: m.UnitsListed, UnitsFree: m.UnitsFree, UnitsLeased: m.UnitsListed - m.UnitsFree,
