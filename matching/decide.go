@@ -451,6 +451,25 @@ func (s *Scratch) beyond(bound uint64, ticks int64, sl *slot) bool {
 	return compareSlotPtrs(sl, w.s) > 0
 }
 
+// allBeyond reports whether no offer at ticks or dearer can enter the best
+// limit, whatever its market's grants: its net is then at least its gross
+// less the largest discount a grant scoped to no provider pays on it.
+func (s *Scratch) allBeyond(ticks int64) bool {
+	g := grossCents(ticks, s.uh)
+	lb := g
+	if s.vouchers {
+		grants := s.prep.Grants()
+		d := int64(0)
+		for i := range grants {
+			if len(grants) > maxMasked || s.unscoped&(1<<i) != 0 {
+				d = max(d, grants[i].MaxDiscountCents(g))
+			}
+		}
+		lb -= d
+	}
+	return lb > s.picks[len(s.picks)-1].net
+}
+
 // scan examines the offers of snaps cheapest first across markets, as
 // Decide describes.
 func (s *Scratch) scan(snaps []*Snapshot) {
@@ -496,6 +515,15 @@ func (s *Scratch) scan(snaps []*Snapshot) {
 				}
 			}
 			if c == nil {
+				break
+			}
+			if s.full() && s.allBeyond(lo) {
+				// No market's next offer can enter: each stops where it is.
+				for j := range s.curs {
+					if s.curs[j].state == scanning {
+						s.curs[j].state = atBound
+					}
+				}
 				break
 			}
 			s.run(c, next)
