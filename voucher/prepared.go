@@ -266,6 +266,12 @@ func (p *Prepared) above(priceTicks int64, refC uint64, refE int32) bool {
 	}
 	hi, lo := bits.Mul64(refC, p.guardC)
 	e := int(refE) + int(p.guardE) + market.PriceScale
+	if e < 0 && e >= -19 {
+		// With x = refC × guardC and d = 10^-e: ticks > floor(x / d) ⇔
+		// ticks × d > x, ticks being whole; no division.
+		th, tl := bits.Mul64(uint64(priceTicks), pow10u[-e])
+		return th > hi || th == hi && tl > lo
+	}
 	for ; e > 0; e-- {
 		if hi != 0 {
 			return false // ≥ 2⁶⁴ ticks: no price is above

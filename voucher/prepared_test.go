@@ -182,3 +182,33 @@ func TestDiscountCents(t *testing.T) {
 		}
 	}
 }
+
+// TestAbove: the integer guard comparison against decimals, at and around
+// the threshold, for exponents on both sides of the no-division form.
+func TestAbove(t *testing.T) {
+	rng := rand.New(rand.NewSource(8))
+	for _, g := range []string{"1.25", "1.2", "2", "1.1111111", "1.000000000000000001"} {
+		var p Prepared
+		r := Rules{GuardRatio: d(g)}
+		r.Prepare(&p, t0, sme(), gpu, nil)
+		for n := 0; n < 20000; n++ {
+			refC := uint64(1 + rng.Int63n([]int64{100, 1e6, 1e12, 1e18}[rng.Intn(4)]))
+			refE := int32(rng.Intn(16) - 13)
+			ref := decimal.New(int64(refC), refE)
+			limit := ref.Mul(r.guard()).Shift(4).Floor()
+			var ticks int64
+			if limit.LessThan(decimal.NewFromInt(1<<62)) && rng.Intn(4) > 0 {
+				ticks = limit.IntPart() + rng.Int63n(3) - 1
+			} else {
+				ticks = rng.Int63n(1 << 40)
+			}
+			if ticks < 0 {
+				continue
+			}
+			want := market.TicksPrice(ticks).GreaterThan(ref.Mul(r.guard()))
+			if got := p.above(ticks, refC, refE); got != want {
+				t.Fatalf("guard %s: above(%d, %d, %d) = %v, want %v", g, ticks, refC, refE, got, want)
+			}
+		}
+	}
+}
