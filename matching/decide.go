@@ -132,6 +132,8 @@ type Scratch struct {
 	unscoped uint64 // the grants scoped to no provider
 	provs    []scopedProv
 	scoped   []scoped
+	act      []int32 // the merge's markets still scanning, see scan
+	heads    []int64
 	// exhaustive turns the bound off: every offer is checked with the
 	// checker chain and priced (the brute-force scan the benchmarks compare
 	// against).
@@ -498,36 +500,40 @@ func (s *Scratch) scan(snaps []*Snapshot) {
 	if len(s.curs) == 1 {
 		s.run(&s.curs[0], math.MaxInt64)
 	} else {
-		for {
-			// The market with the cheapest next offer runs until another
-			// market's next offer is cheaper.
-			var c *cursor
-			lo, next := int64(math.MaxInt64), int64(math.MaxInt64)
-			for j := range s.curs {
-				cj := &s.curs[j]
-				if cj.state != scanning {
-					continue
-				}
-				if t := cj.ticks; t < lo {
-					c, lo, next = cj, t, lo
+		// The market with the cheapest next offer runs until another
+		// market's next offer is cheaper. act lists the markets still
+		// scanning and heads their next offers' prices.
+		act, heads := s.act[:0], s.heads[:0]
+		for j := range s.curs {
+			act, heads = append(act, int32(j)), append(heads, s.curs[j].ticks)
+		}
+		for len(act) > 0 {
+			m, lo, next := 0, heads[0], int64(math.MaxInt64)
+			for k := 1; k < len(heads); k++ {
+				if t := heads[k]; t < lo {
+					m, lo, next = k, t, lo
 				} else if t < next {
 					next = t
 				}
 			}
-			if c == nil {
-				break
-			}
 			if s.full() && s.allBeyond(lo) {
 				// No market's next offer can enter: each stops where it is.
-				for j := range s.curs {
-					if s.curs[j].state == scanning {
-						s.curs[j].state = atBound
-					}
+				for _, j := range act {
+					s.curs[j].state = atBound
 				}
 				break
 			}
+			c := &s.curs[act[m]]
 			s.run(c, next)
+			if c.state == scanning {
+				heads[m] = c.ticks
+			} else {
+				last := len(act) - 1
+				act[m], heads[m] = act[last], heads[last]
+				act, heads = act[:last], heads[:last]
+			}
 		}
+		s.act, s.heads = act, heads
 	}
 	if len(s.provs) > 0 {
 		s.scanScoped()
@@ -543,8 +549,10 @@ func (s *Scratch) scan(snaps []*Snapshot) {
 
 // run scans c's market while its offers cost at most next.
 func (s *Scratch) run(c *cursor, next int64) {
-	hot := c.sn.hot
+	hot, slots := c.sn.hot, c.sn.slots[:len(c.sn.hot)]
 	maxTicks := s.q.maxTicks
+	bound := c.region & s.unscoped
+	full := s.full()
 	for i := c.i; i < len(hot); i++ {
 		h := &hot[i]
 		if h.ticks > maxTicks {
@@ -555,13 +563,13 @@ func (s *Scratch) run(c *cursor, next int64) {
 			c.i, c.ticks = i, h.ticks
 			return
 		}
-		sl := &c.sn.slots[i]
-		if s.full() && s.beyond(c.region&s.unscoped, h.ticks, sl) {
+		if full && s.beyond(bound, h.ticks, &slots[i]) {
 			c.i, c.ticks, c.state = i, h.ticks, atBound
 			return
 		}
-		if c.f.pass(h) && (!c.f.exact || s.certified(sl)) {
-			s.take(sl, c.sn.Market.Region)
+		if c.f.pass(h) && (!c.f.exact || s.certified(&slots[i])) {
+			s.take(&slots[i], c.sn.Market.Region)
+			full = s.full()
 		}
 	}
 	c.i, c.state = len(hot), atEnd
@@ -714,16 +722,15 @@ func (s *Scratch) price(sl *slot, region string, ticks, listTicks int64, prov *p
 		return
 	}
 	n := len(s.picks)
-	if n >= s.limit {
-		if comparePick(&p, &s.picks[n-1]) >= 0 {
-			return
-		}
-		n--
-		s.picks = s.picks[:n]
+	if n < s.limit {
+		s.picks = append(s.picks, p)
+		n++
+	} else if comparePick(&p, &s.picks[n-1]) < 0 {
+		s.picks[n-1] = p
+	} else {
+		return
 	}
-	i := n
-	for i > 0 && comparePick(&p, &s.picks[i-1]) < 0 {
-		i--
+	for i := n - 1; i > 0 && comparePick(&s.picks[i], &s.picks[i-1]) < 0; i-- {
+		s.picks[i], s.picks[i-1] = s.picks[i-1], s.picks[i]
 	}
-	s.picks = slices.Insert(s.picks, i, p)
 }
