@@ -43,8 +43,10 @@ type Snapshot struct {
 	mkt     *market.MarketKey // the key its slots share
 	Version uint64            // rises by one per published change
 	slots   []slot
-	// hot packs, slot by slot, the facts the scan filters on (see hotSlot).
-	hot []hotSlot
+	// hot packs, slot by slot, the facts the scan filters on (see hotSlot),
+	// and warm what pricing reads of a slot.
+	hot  []hotSlot
+	warm []warmSlot
 	// certs names the certification bits of hot (the book's table when
 	// published).
 	certs []string
@@ -53,6 +55,13 @@ type Snapshot struct {
 	// len(provHead) on have none.
 	provHead []provHead
 	prov     []provEntry
+}
+
+// warmSlot is what pricing an offer reads of its slot, four to a cache
+// line: the provider record and the list price in ticks (-1: not exact).
+type warmSlot struct {
+	prov *provider
+	list int64
 }
 
 // provHead locates a provider's list and holds the key of its first entry,
@@ -344,11 +353,12 @@ func (b *Book) Publish() *Snapshot {
 	b.version++
 	n := len(b.sorted)
 	s := &Snapshot{Market: b.key, mkt: &b.key, Version: b.version, slots: slices.Clone(b.sorted),
-		hot: make([]hotSlot, n), certs: b.certs[:len(b.certs):len(b.certs)]}
+		hot: make([]hotSlot, n), warm: make([]warmSlot, n), certs: b.certs[:len(b.certs):len(b.certs)]}
 	heads := make([]provHead, publishNumbers())
 	for i := range s.slots {
 		sl := &s.slots[i]
 		s.hot[i] = packHot(sl)
+		s.warm[i] = warmSlot{prov: sl.prov, list: sl.listTicks}
 		heads[sl.prov.num].end++
 	}
 	var at int32

@@ -549,7 +549,7 @@ func (s *Scratch) scan(snaps []*Snapshot) {
 
 // run scans c's market while its offers cost at most next.
 func (s *Scratch) run(c *cursor, next int64) {
-	hot, slots := c.sn.hot, c.sn.slots[:len(c.sn.hot)]
+	hot, slots, warm := c.sn.hot, c.sn.slots[:len(c.sn.hot)], c.sn.warm[:len(c.sn.hot)]
 	maxTicks := s.q.maxTicks
 	bound := c.region & s.unscoped
 	full := s.full()
@@ -568,7 +568,7 @@ func (s *Scratch) run(c *cursor, next int64) {
 			return
 		}
 		if c.f.pass(h) && (!c.f.exact || s.certified(&slots[i])) {
-			s.take(&slots[i], c.sn.Market.Region)
+			s.price(&slots[i], c.sn.Market.Region, h.ticks, warm[i].list, warm[i].prov)
 			full = s.full()
 		}
 	}

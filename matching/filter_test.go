@@ -123,6 +123,9 @@ func checkProviderLists(t *testing.T, sn *Snapshot) {
 		if !ok {
 			t.Fatalf("%s: offer %d in no provider list", sn.Market, i)
 		}
+		if w := sn.warm[i]; w.prov != sn.slots[i].prov || w.list != sn.slots[i].listTicks || sn.hot[i] != packHot(&sn.slots[i]) {
+			t.Fatalf("%s: offer %d: packed copies differ from the slot", sn.Market, i)
+		}
 	}
 }
 
