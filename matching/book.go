@@ -39,14 +39,15 @@ func compareSlotPtrs(a, b *slot) int {
 // order and, per provider, where that provider's offers are in that order.
 // It is safe for concurrent use and never changes.
 type Snapshot struct {
-	Market  market.MarketKey
+	// hot packs, slot by slot, the facts the scan filters on (see
+	// hotSlot). hot, mkt and Market, which a scan reads first, fill the
+	// first cache line (the struct is 192 bytes, so allocated on 64).
+	hot     []hotSlot
 	mkt     *market.MarketKey // the key its slots share
-	Version uint64            // rises by one per published change
+	Market  market.MarketKey
 	slots   []slot
-	// hot packs, slot by slot, the facts the scan filters on (see hotSlot),
-	// and warm what pricing reads of a slot.
-	hot  []hotSlot
-	warm []warmSlot
+	warm    []warmSlot // what pricing reads of a slot
+	Version uint64     // rises by one per published change
 	// certs names the certification bits of hot (the book's table when
 	// published).
 	certs []string

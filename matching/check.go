@@ -26,13 +26,17 @@ type query struct {
 }
 
 // enter prepares q for scanning the offers of the market at mkt.
-func (q *query) enter(mkt *market.MarketKey) {
+func (q *query) enter(mkt *market.MarketKey) { q.enterAs(mkt, mkt) }
+
+// enterAs is enter reading the market's class and region from key, a copy
+// of *mkt (a snapshot's, in the cache line the scan reads anyway).
+func (q *query) enterAs(mkt, key *market.MarketKey) {
 	q.mkt = mkt
 	q.mktClass, q.mktRegion = ReasonNone, ReasonNone
-	if mkt.Class != q.class {
+	if key.Class != q.class {
 		q.mktClass = ReasonWrongClass
 	}
-	if !q.req.Job.InRegion(mkt.Region) {
+	if !q.req.Job.InRegion(key.Region) {
 		q.mktRegion = ReasonWrongRegion
 	}
 }

@@ -478,10 +478,10 @@ func (s *Scratch) scan(snaps []*Snapshot) {
 	s.curs = s.curs[:0]
 	s.bounds()
 	for _, sn := range snaps {
-		if sn == nil || len(sn.slots) == 0 {
+		if sn == nil || len(sn.hot) == 0 {
 			continue
 		}
-		s.q.enter(sn.mkt)
+		s.q.enterAs(sn.mkt, &sn.Market)
 		f, ok := s.q.filter(sn)
 		if !ok {
 			// No offer of the market passes: all examined, to the max price.

@@ -247,3 +247,15 @@ func TestGrossCents(t *testing.T) {
 		}
 	}
 }
+
+// TestSnapshotLayout: a Snapshot is 192 bytes, a size class whose objects
+// start on a cache line, and its first line holds hot, mkt and Market.
+func TestSnapshotLayout(t *testing.T) {
+	var s Snapshot
+	if n := unsafe.Sizeof(s); n != 192 {
+		t.Fatalf("Snapshot is %d bytes", n)
+	}
+	if end := unsafe.Offsetof(s.Market) + unsafe.Sizeof(s.Market); end > 64 {
+		t.Fatalf("Market ends at %d", end)
+	}
+}
