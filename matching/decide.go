@@ -485,9 +485,9 @@ func (s *Scratch) scan(snaps []*Snapshot) {
 		f, ok := s.q.filter(sn)
 		if !ok {
 			// No offer of the market passes: all examined, to the max price.
-			end, _ := slices.BinarySearchFunc(sn.hot, s.q.maxTicks+1, func(h hotSlot, t int64) int { return cmp.Compare(h.ticks, t) })
-			if s.q.maxTicks == math.MaxInt64 {
-				end = len(sn.hot)
+			end := len(sn.hot)
+			if s.q.maxTicks < math.MaxInt64 {
+				end, _ = slices.BinarySearchFunc(sn.hot, s.q.maxTicks+1, func(h hotSlot, t int64) int { return cmp.Compare(h.ticks, t) })
 			}
 			s.examined(span{sn: sn, to: end})
 			if end < len(sn.hot) {
