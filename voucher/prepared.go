@@ -3,8 +3,6 @@ package voucher
 import (
 	"math"
 	"math/bits"
-	"slices"
-	"strings"
 	"time"
 
 	"computebroker/market"
@@ -87,13 +85,22 @@ func (r Rules) Prepare(p *Prepared, now time.Time, sme market.Account, class mar
 			RateBP: bp, CapCents: c, Regions: gr.Program.Regions, Providers: gr.Program.Providers,
 		})
 	}
-	slices.SortStableFunc(p.grants, func(a, b Compiled) int {
-		if c := a.ExpiresAt.Compare(b.ExpiresAt); c != 0 {
-			return c
+	// Choice order (expiry, then voucher id): an insertion sort, stable,
+	// as a request holds few grants.
+	for i := 1; i < len(p.grants); i++ {
+		for j := i; j > 0 && choiceBefore(&p.grants[j], &p.grants[j-1]); j-- {
+			p.grants[j], p.grants[j-1] = p.grants[j-1], p.grants[j]
 		}
-		return strings.Compare(a.VoucherID, b.VoucherID)
-	})
+	}
 	return true
+}
+
+// choiceBefore orders compiled grants by expiry, then voucher id.
+func choiceBefore(a, b *Compiled) bool {
+	if c := a.ExpiresAt.Compare(b.ExpiresAt); c != 0 {
+		return c < 0
+	}
+	return a.VoucherID < b.VoucherID
 }
 
 // offerFree runs the checks of Applies that do not depend on the offer.
