@@ -387,16 +387,43 @@ func (s *Store) runBatches(b *batcher) {
 		ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
 		res := s.UpdateOffers(ctx, us)
 		cancel()
+		s.batchRuns.Add(1)
 		for i, p := range batch {
 			p.done(res[i])
 		}
 		clear(batch)
+		if err := storeDown(res); err != nil {
+			// Redis failed the whole batch: what queued meanwhile would
+			// meet the same Redis, one timeout per batch. It fails now,
+			// unsent, and the callers hear at once.
+			b.mu.Lock()
+			queued := b.queue
+			b.queue = nil
+			b.mu.Unlock()
+			for _, p := range queued {
+				p.done(UpdateResult{Err: err})
+			}
+		}
 		b.mu.Lock()
 		if b.spare == nil {
 			b.spare = batch[:0]
 		}
 		b.mu.Unlock()
 	}
+}
+
+// storeDown returns the error when every result of a batch is the store's
+// failure (unavailable), nil otherwise.
+func storeDown(res []UpdateResult) error {
+	for _, r := range res {
+		if r.Err == nil || !market.IsCode(r.Err, market.CodeUnavailable) {
+			return nil
+		}
+	}
+	if len(res) == 0 {
+		return nil
+	}
+	return res[0].Err
 }
 
 // UpdateOffer changes an offer's price and/or units and bumps its version.

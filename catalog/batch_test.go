@@ -3,6 +3,7 @@ package catalog
 import (
 	"context"
 	"fmt"
+	"net"
 	"sync"
 	"testing"
 	"time"
@@ -330,5 +331,60 @@ func TestUpdateOffersAfterScriptFlush(t *testing.T) {
 	}
 	if r := s.UpdateOffers(ctx, []OfferUpdate{{ID: "f1", ProviderID: "p", Price: ptrPrice("15.00")}}); r[0].Err != nil || r[0].Version != 2 {
 		t.Fatalf("after SCRIPT FLUSH: %+v", r[0])
+	}
+}
+
+// TestBatchesFailFastWhenRedisHangs: against a Redis that accepts
+// connections and never answers, the first batch of each shard fails at
+// the client's timeout, and every update queued behind it fails with it,
+// unsent, instead of waiting a timeout per batch.
+func TestBatchesFailFastWhenRedisHangs(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var held []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c) // open, silent
+			mu.Unlock()
+		}
+	}()
+	defer func() {
+		mu.Lock()
+		for _, c := range held {
+			c.Close()
+		}
+		mu.Unlock()
+	}()
+	rdb := redis.NewClient(&redis.Options{Addr: ln.Addr().String(), ReadTimeout: 300 * time.Millisecond,
+		WriteTimeout: 300 * time.Millisecond, MaxRetries: -1, PoolSize: 4})
+	defer rdb.Close()
+	s := New(rdb)
+	m := market.MarketKey{Class: "gpu.h100-80g", Region: "cn-east"}
+	const n = 2000
+	for i := 0; i < n; i++ {
+		s.locs.Store(fmt.Sprintf("o%d", i), m) // known offers: no lookup in Redis
+	}
+	results := make(chan UpdateResult, n)
+	for i := 0; i < n; i++ {
+		s.SubmitUpdate(OfferUpdate{ID: fmt.Sprintf("o%d", i), ProviderID: "p", Price: ptrPrice("20.00")}, func(r UpdateResult) { results <- r })
+	}
+	for i := 0; i < n; i++ {
+		if r := <-results; !market.IsCode(r.Err, market.CodeUnavailable) {
+			t.Fatalf("update %d against a hung Redis: %+v", i, r)
+		}
+	}
+	// One batch per shard reached Redis; a batch at a time would be
+	// 2 × ⌈1000/256⌉ = 8.
+	if runs := s.batchRuns.Load(); runs > 2*batchShards {
+		t.Fatalf("%d batches tried against a hung Redis", runs)
 	}
 }

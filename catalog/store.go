@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -20,8 +21,10 @@ type Store struct {
 	// locs caches offer id → market: an offer never changes market, so the
 	// lookup costs one Redis round trip per offer and process, not per update.
 	locs sync.Map
-	// batchers group-commit offer updates (batch.go).
-	batchers [batchShards]batcher
+	// batchers group-commit offer updates (batch.go); batchRuns counts
+	// the batches run.
+	batchers  [batchShards]batcher
+	batchRuns atomic.Int64
 }
 
 // New returns a Store over rdb.
