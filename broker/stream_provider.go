@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -50,6 +51,7 @@ func (s *Streams) providerStream(c *fiber.Ctx) error {
 type providerConn struct {
 	s      *Streams
 	ws     *websocket.Conn
+	raw    net.Conn // the TCP connection under ws (see rawConn)
 	token  string
 	caller atomic.Pointer[market.Account]
 	done   chan struct{} // closed when the connection ends
@@ -104,7 +106,7 @@ type reply struct {
 // waiting for it, until the client goes or abuses the connection. Replies
 // go out in the order of the commands (see replies).
 func (s *Streams) serveProvider(ws *websocket.Conn, who market.Account, token string) {
-	pc := &providerConn{s: s, ws: ws, token: token, done: make(chan struct{}),
+	pc := &providerConn{s: s, ws: ws, raw: rawConn(ws), token: token, done: make(chan struct{}),
 		wake: make(chan struct{}, 1), space: make(chan struct{}, 1)}
 	pc.caller.Store(&who)
 	pc.ctx, pc.cancel = context.WithCancel(context.Background())
@@ -508,14 +510,14 @@ func (pc *providerConn) writeLoop() {
 	ping := time.NewTicker(pc.s.cfg.PingInterval)
 	defer ping.Stop()
 	ws, timeout := pc.ws, pc.s.cfg.WriteTimeout
-	conn := ws.UnderlyingConn()
+	conn := pc.raw
 	var buf []byte
 	for {
 		select {
 		case <-pc.wake:
 		case <-ping.C:
 			if err := ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(timeout)); err != nil {
-				_ = ws.Close()
+				_ = conn.Close() // ends the read loop
 				return
 			}
 			continue
@@ -543,7 +545,7 @@ func (pc *providerConn) writeLoop() {
 			}
 			_ = conn.SetWriteDeadline(time.Now().Add(timeout))
 			if _, err := conn.Write(buf); err != nil {
-				_ = ws.Close() // ends the read loop
+				_ = conn.Close() // ends the read loop
 				return
 			}
 		}
@@ -551,6 +553,17 @@ func (pc *providerConn) writeLoop() {
 			buf = nil
 		}
 	}
+}
+
+// rawConn is the TCP connection under ws. Under fasthttp's hijacked
+// connection, whose Close does nothing (fasthttp closes it when the
+// handler returns): closing the real one is what ends a blocked read.
+func rawConn(ws *websocket.Conn) net.Conn {
+	raw := ws.UnderlyingConn()
+	if u, ok := raw.(interface{ UnsafeConn() net.Conn }); ok {
+		raw = u.UnsafeConn()
+	}
+	return raw
 }
 
 // appendTextFrame appends a final, unmasked WebSocket text frame (a server
@@ -596,7 +609,7 @@ func (pc *providerConn) abortAsync(code int, reason string) {
 		pc.end()
 		_ = pc.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
 		time.Sleep(100 * time.Millisecond) // let the close frame leave before the socket goes
-		_ = pc.ws.Close()
+		_ = pc.raw.Close()
 	})
 }
 
@@ -604,7 +617,7 @@ func (pc *providerConn) goAway(deadline time.Time) {
 	pc.abortOnce.Do(func() {
 		pc.end()
 		_ = pc.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, "server shutting down"), deadline)
-		_ = pc.ws.Close()
+		_ = pc.raw.Close()
 	})
 }
 

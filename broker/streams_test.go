@@ -590,3 +590,39 @@ func providerPipelined(t *testing.T, e *env) {
 		}
 	}
 }
+
+// TestStreamEndsWhenTokenStops: a provider stream whose token is rotated
+// (or the account revoked) ends within a second: the client gets a close
+// frame with 1008, and the server lets go of the connection even when the
+// client neither reads nor answers the close.
+func TestStreamEndsWhenTokenStops(t *testing.T) {
+	e := newEnv(t)
+	base := e.urls[0]
+	reg := e.account("regulator", "R", nil)
+	for _, how := range []string{"rotate-token", "revoke"} {
+		t.Run(how, func(t *testing.T) {
+			p := e.approvedProvider(reg, "P "+how)
+			prov := openProvider(t, base, p.token, false) // not read until the end
+			open := func() float64 { return scrape(t, base, "broker_stream_")["broker_stream_provider_connections"] }
+			deadline := time.Now().Add(5 * time.Second)
+			for open() != 1 { // the server counts the stream once upgraded
+				if time.Now().After(deadline) {
+					t.Fatalf("provider streams open: %v", open())
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			e.must(200, "POST", "/api/v1/accounts/"+p.id+"/"+how, adminToken, nil)
+			deadline = time.Now().Add(5 * time.Second)
+			for open() != 0 {
+				if time.Now().After(deadline) {
+					t.Fatalf("the server still holds the stream after its token stopped working")
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			code, err := prov.closeCode(5 * time.Second)
+			if err != nil || code != websocket.ClosePolicyViolation {
+				t.Fatalf("close code %d (%v), want %d", code, err, websocket.ClosePolicyViolation)
+			}
+		})
+	}
+}
