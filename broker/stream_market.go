@@ -506,7 +506,9 @@ func (mc *marketConn) pinged() {
 
 func (mc *marketConn) goAway(deadline time.Time) {
 	_ = mc.control(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, "server shutting down"), deadline)
-	_ = mc.ws.Close()
+	// ws.Close does nothing on a hijacked connection: the read loop ends
+	// when the client answers the close, or at the deadline.
+	_ = mc.raw.SetReadDeadline(deadline)
 }
 
 // serveMarket runs on the hijacked connection's goroutine: it subscribes,

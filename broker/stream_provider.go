@@ -617,7 +617,10 @@ func (pc *providerConn) goAway(deadline time.Time) {
 	pc.abortOnce.Do(func() {
 		pc.end()
 		_ = pc.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, "server shutting down"), deadline)
-		_ = pc.raw.Close()
+		// The read loop ends when the client answers the close, or at the
+		// deadline: closing at once could reset the connection over
+		// commands still unread and lose the close frame.
+		_ = pc.raw.SetReadDeadline(deadline)
 	})
 }
 
