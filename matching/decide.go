@@ -312,7 +312,7 @@ func (s *Scratch) prepare(req *Request, limit int) bool {
 		if cl.ID == "" {
 			cl.ID = s.q.class
 		}
-		if !req.Rules.Prepare(&s.prep, req.Now, req.SME, cl, req.Grants) {
+		if !req.Rules.PrepareTerms(&s.prep, req.Now, req.SME, cl, req.Grants, req.Terms) {
 			return false
 		}
 		s.vouchers = len(s.prep.Grants()) > 0

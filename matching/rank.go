@@ -23,8 +23,12 @@ type Request struct {
 	SME    market.Account
 	Class  market.ResourceClass // the job's class (Domestic decides the domestic rate)
 	Grants []voucher.Grant      // ignored unless Job.UseVouchers
-	Now    time.Time
-	Rules  voucher.Rules
+	// Terms, when the request's builder made them, are
+	// voucher.TermsOf(Grants) of these very grants: Decide then compiles
+	// the grants from integers. Nil: from the grants' decimals.
+	Terms []voucher.Terms
+	Now   time.Time
+	Rules voucher.Rules
 	// Reference is the market reference price of an offer for the voucher
 	// guard; nil, or a zero answer, means the offer's list price.
 	Reference func(market.Offer) decimal.Decimal

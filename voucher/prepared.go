@@ -57,14 +57,7 @@ func (p *Prepared) Grants() []Compiled { return p.grants }
 // cannot be held exactly in integers (a rate with more than four decimal
 // places): the caller must then use the decimal rules.
 func (r Rules) Prepare(p *Prepared, now time.Time, sme market.Account, class market.ResourceClass, grants []Grant) (ok bool) {
-	p.grants = p.grants[:0]
-	p.sme, p.rules, p.class = sme, r, class
-	p.smeSig = 0 // taken when first needed
-	g := r.guard()
-	p.guardC, p.guardE = 0, g.Exponent()
-	if g.NumDigits() <= 18 {
-		p.guardC = uint64(g.CoefficientInt64())
-	}
+	p.begin(r, sme, class)
 	for i := range grants {
 		gr := &grants[i]
 		if !offerFree(now, sme.ID, class.ID, gr) {
@@ -85,14 +78,30 @@ func (r Rules) Prepare(p *Prepared, now time.Time, sme market.Account, class mar
 			RateBP: bp, CapCents: c, Regions: gr.Program.Regions, Providers: gr.Program.Providers,
 		})
 	}
-	// Choice order (expiry, then voucher id): an insertion sort, stable,
-	// as a request holds few grants.
+	p.order()
+	return true
+}
+
+// begin resets p for a request.
+func (p *Prepared) begin(r Rules, sme market.Account, class market.ResourceClass) {
+	p.grants = p.grants[:0]
+	p.sme, p.rules, p.class = sme, r, class
+	p.smeSig = 0 // taken when first needed
+	g := r.guard()
+	p.guardC, p.guardE = 0, g.Exponent()
+	if g.NumDigits() <= 18 {
+		p.guardC = uint64(g.CoefficientInt64())
+	}
+}
+
+// order puts the compiled grants in choice order (expiry, then voucher
+// id): an insertion sort, stable, as a request holds few grants.
+func (p *Prepared) order() {
 	for i := 1; i < len(p.grants); i++ {
 		for j := i; j > 0 && choiceBefore(&p.grants[j], &p.grants[j-1]); j-- {
 			p.grants[j], p.grants[j-1] = p.grants[j-1], p.grants[j]
 		}
 	}
-	return true
 }
 
 // choiceBefore orders compiled grants by expiry, then voucher id.

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/big"
 	"math/rand"
+	"reflect"
 	"testing"
 	"time"
 
@@ -27,7 +28,7 @@ func TestPreparedChooseEqualsChoose(t *testing.T) {
 			return decimal.New(int64(rng.Intn(10_000_000)), -2)
 		}
 	}
-	var p Prepared
+	var p, pt Prepared
 	chosen := 0
 	for n := 0; n < 20000; n++ {
 		class := market.ResourceClass{ID: pick("gpu.h100-80g", "gpu.910b-64g"), Domestic: rng.Intn(2) == 0}
@@ -80,6 +81,10 @@ func TestPreparedChooseEqualsChoose(t *testing.T) {
 		want, ok := rules.Choose(t0, s, prov, o, class, ref, gross, grants)
 		if !rules.Prepare(&p, t0, s, class, grants) {
 			t.Fatal("Prepare refused representable grants")
+		}
+		// From the integer terms: the same compiled grants.
+		if !rules.PrepareTerms(&pt, t0, s, class, grants, TermsOf(grants)) || !reflect.DeepEqual(p.Grants(), pt.Grants()) {
+			t.Fatalf("case %d: from terms %+v, from grants %+v", n, pt.Grants(), p.Grants())
 		}
 		ticks, _ := market.PriceTicks(o.Price)
 		list, exact := market.PriceTicks(o.ListPrice)
@@ -210,5 +215,28 @@ func TestAbove(t *testing.T) {
 				t.Fatalf("guard %s: above(%d, %d, %d) = %v, want %v", g, ticks, refC, refE, got, want)
 			}
 		}
+	}
+}
+
+// TestPrepareTermsRefusesInexactRates: a rate with more than four decimal
+// places makes Prepare refuse, from the grants or from their terms, and
+// only where that rate applies (here: domestic classes).
+func TestPrepareTermsRefusesInexactRates(t *testing.T) {
+	g := grant()
+	g.Program.DomesticRate = d("0.33333")
+	grants := []Grant{g}
+	var p Prepared
+	rules := DefaultRules()
+	domestic := market.ResourceClass{ID: "gpu.h100-80g", Domestic: true}
+	plain := market.ResourceClass{ID: "gpu.h100-80g"}
+	if rules.Prepare(&p, t0, sme(), domestic, grants) || rules.PrepareTerms(&p, t0, sme(), domestic, grants, TermsOf(grants)) {
+		t.Fatal("an inexact domestic rate was compiled")
+	}
+	if !rules.PrepareTerms(&p, t0, sme(), plain, grants, TermsOf(grants)) || len(p.Grants()) != 1 {
+		t.Fatal("the exact base rate was refused")
+	}
+	// Terms that do not match the grants one for one are ignored.
+	if !rules.PrepareTerms(&p, t0, sme(), plain, grants, nil) || len(p.Grants()) != 1 {
+		t.Fatal("without terms")
 	}
 }
