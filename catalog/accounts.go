@@ -75,12 +75,21 @@ func decodeAccount(id string, vals map[string]string) (market.Account, error) {
 // AccountByToken returns the live account whose current token hashes to
 // tokenHash, or unauthenticated.
 func (s *Store) AccountByToken(ctx context.Context, tokenHash string) (market.Account, error) {
-	id, err := s.rdb.Get(ctx, tokenKey(tokenHash)).Result()
-	if errors.Is(err, redis.Nil) {
-		return market.Account{}, market.Errorf(market.CodeUnauthenticated, "invalid token")
-	}
-	if err != nil {
-		return market.Account{}, unavailable("get token", err)
+	// The token → account step is cached: a token names one account for
+	// good. Whether it still works (rotation, revocation) and the account's
+	// standing come from the account itself, read every time.
+	var id string
+	if v, ok := s.tokens.Load(tokenHash); ok {
+		id = v.(string)
+	} else {
+		var err error
+		id, err = s.rdb.Get(ctx, tokenKey(tokenHash)).Result()
+		if errors.Is(err, redis.Nil) {
+			return market.Account{}, market.Errorf(market.CodeUnauthenticated, "invalid token")
+		}
+		if err != nil {
+			return market.Account{}, unavailable("get token", err)
+		}
 	}
 	vals, err := s.rdb.HGetAll(ctx, accountKey(id)).Result()
 	if err != nil {
@@ -88,10 +97,18 @@ func (s *Store) AccountByToken(ctx context.Context, tokenHash string) (market.Ac
 	}
 	a, err := decodeAccount(id, vals)
 	if err != nil || a.Revoked || vals["token"] != tokenHash {
+		s.tokens.Delete(tokenHash)
 		return market.Account{}, market.Errorf(market.CodeUnauthenticated, "invalid token")
+	}
+	if _, known := s.tokens.LoadOrStore(tokenHash, id); !known && s.tokenCount.Add(1) > maxCachedTokens {
+		s.tokens.Clear() // bounded: start again
+		s.tokenCount.Store(0)
 	}
 	return a, nil
 }
+
+// maxCachedTokens bounds the token → account cache of one process.
+const maxCachedTokens = 100_000
 
 var rotateScript = redis.NewScript(`
 local old = redis.call('HGET', KEYS[1], 'token')

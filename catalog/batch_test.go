@@ -388,3 +388,38 @@ func TestBatchesFailFastWhenRedisHangs(t *testing.T) {
 		t.Fatalf("%d batches tried against a hung Redis", runs)
 	}
 }
+
+// TestTokenCacheFollowsRotationAndRevocation: a token that worked is
+// remembered, but rotation and revocation still stop it at once, and an
+// unknown token stays unknown.
+func TestTokenCacheFollowsRotationAndRevocation(t *testing.T) {
+	ctx := context.Background()
+	s := testStore(t)
+	a := market.Account{ID: "acc1", Role: market.RoleSME, Name: "S"}
+	if err := s.CreateAccount(ctx, a, "hash-1"); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ { // the second from the cache
+		if got, err := s.AccountByToken(ctx, "hash-1"); err != nil || got.ID != "acc1" {
+			t.Fatalf("lookup %d: %+v %v", i, got, err)
+		}
+	}
+	if err := s.RotateToken(ctx, "acc1", "hash-2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.AccountByToken(ctx, "hash-1"); !market.IsCode(err, market.CodeUnauthenticated) {
+		t.Fatalf("rotated token: %v", err)
+	}
+	if got, err := s.AccountByToken(ctx, "hash-2"); err != nil || got.ID != "acc1" {
+		t.Fatalf("new token: %+v %v", got, err)
+	}
+	if err := s.Revoke(ctx, "acc1", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.AccountByToken(ctx, "hash-2"); !market.IsCode(err, market.CodeUnauthenticated) {
+		t.Fatalf("revoked account's token: %v", err)
+	}
+	if _, err := s.AccountByToken(ctx, "nope"); !market.IsCode(err, market.CodeUnauthenticated) {
+		t.Fatalf("unknown token: %v", err)
+	}
+}

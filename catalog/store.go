@@ -25,6 +25,10 @@ type Store struct {
 	// the batches run.
 	batchers  [batchShards]batcher
 	batchRuns atomic.Int64
+	// tokens caches token hash → account id of tokens that worked
+	// (accounts.go); tokenCount counts the stores into it.
+	tokens     sync.Map
+	tokenCount atomic.Int64
 }
 
 // New returns a Store over rdb.
