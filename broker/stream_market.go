@@ -73,8 +73,6 @@ type StreamConfig struct {
 	// blocks and the hub coalesces, instead of the kernel growing the
 	// buffer to megabytes per connection.
 	MarketSendBuffer int
-	// CommandTimeout bounds one provider command (default 10 s).
-	CommandTimeout time.Duration
 	// RecheckInterval is how often an open provider stream checks that
 	// its token still works (default 1 s, as token rotation promises).
 	RecheckInterval time.Duration
@@ -114,9 +112,6 @@ func (c StreamConfig) withDefaults() StreamConfig {
 	}
 	if c.MarketSendBuffer <= 0 {
 		c.MarketSendBuffer = 64 << 10
-	}
-	if c.CommandTimeout <= 0 {
-		c.CommandTimeout = 10 * time.Second
 	}
 	if c.RecheckInterval <= 0 {
 		c.RecheckInterval = time.Second
@@ -328,10 +323,7 @@ type marketConn struct {
 
 // newMarketConn wraps ws; frames are written to the connection under it.
 func newMarketConn(ws *websocket.Conn, timeout, every time.Duration) *marketConn {
-	raw := ws.UnderlyingConn()
-	if u, ok := raw.(interface{ UnsafeConn() net.Conn }); ok { // fasthttp's hijacked conn
-		raw = u.UnsafeConn()
-	}
+	raw := rawConn(ws)
 	mc := &marketConn{ws: ws, raw: raw, timeout: timeout, every: every, wsem: make(chan struct{}, 1)}
 	if sc, ok := raw.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {

@@ -529,7 +529,7 @@ func (pc *providerConn) writeLoop() {
 			pc.rmu.Lock()
 			n := 0
 			for n < len(pc.replies) && pc.replies[n].ready && len(buf) < 64<<10 {
-				buf = appendTextFrame(buf, pc.replies[n].frame)
+				buf = append(appendFrameHeader(buf, websocket.TextMessage, len(pc.replies[n].frame)), pc.replies[n].frame...)
 				n++
 			}
 			rest := copy(pc.replies, pc.replies[n:])
@@ -564,20 +564,6 @@ func rawConn(ws *websocket.Conn) net.Conn {
 		raw = u.UnsafeConn()
 	}
 	return raw
-}
-
-// appendTextFrame appends a final, unmasked WebSocket text frame (a server
-// frame, RFC 6455 §5.2) holding payload.
-func appendTextFrame(dst, payload []byte) []byte {
-	switch n := len(payload); {
-	case n < 126:
-		dst = append(dst, 0x81, byte(n))
-	case n <= 0xFFFF:
-		dst = append(dst, 0x81, 126, byte(n>>8), byte(n))
-	default:
-		dst = append(dst, 0x81, 127, 0, 0, 0, 0, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
-	}
-	return append(dst, payload...)
 }
 
 // end stops the writer and the command context.
