@@ -138,7 +138,12 @@ func TestRegulatorDashboardInBrowser(t *testing.T) {
 		t.Fatalf("after clicking Approve the provider is %v", got)
 	}
 
-	// A trade, then the analytics panels.
+	// A trade with a voucher, then the analytics panels.
+	small := programBody("Tiny pilot", "0.20", []string{})
+	small["budget"] = "100.00"
+	prog := e.must(201, "POST", "/api/v1/programs", reg.token, small).str("id")
+	e.must(201, "POST", "/api/v1/vouchers", reg.token, map[string]any{
+		"program_id": prog, "holder_id": s.id, "amount": "100.00", "expires_at": "2029-06-30T00:00:00Z"})
 	e.must(201, "POST", "/api/v1/offers", p.token, offerBody("gpu.910b-64g", "cn-west", 8, "13.00"))
 	e.must(201, "POST", "/api/v1/orders", s.token, map[string]any{"resource_class": "gpu.910b-64g", "units": 2, "hours": 5}, "Idempotency-Key", "k")
 	e.waitTrades(reg.token, 1)
@@ -148,5 +153,6 @@ func TestRegulatorDashboardInBrowser(t *testing.T) {
 	pg.waitFor("the price index row", `document.querySelector("#pi-rows").textContent.includes("13.0000")`, 10*time.Second)
 	// 8 units listed, 2 leased: 25 %, 10 unit-hours sold.
 	pg.waitFor("the capacity row", `(t => t.includes("gpu.910b-64g · cn-west") && t.includes("25.00 %") && t.includes("10"))(document.querySelector("#cap-rows").textContent)`, 10*time.Second)
-	pg.waitFor("the budgets panel", `document.querySelector("#budget-rows").textContent.includes("No programmes yet.")`, 10*time.Second)
+	// 26.00 of 100.00 paid in 30 days: 74.00 left lasts 85.4 days, before the programme ends.
+	pg.waitFor("the budget row", `(t => t.includes("Tiny pilot") && t.includes("74.00") && t.includes("(85.4 days)") && t.includes("before its end"))(document.querySelector("#budget-rows").textContent)`, 10*time.Second)
 }

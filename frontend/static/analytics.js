@@ -250,17 +250,21 @@ async function loadBudgets() {
       { value: (p) => el("strong", {}, p.left), num: true },
       { value: (p) => p.spent, num: true },
       { value: (p) => p.burn_per_day, num: true },
-      {
-        value: (p) =>
-          p.exhausts_at
-            ? el("span", {}, timeEl(p.exhausts_at), ` (${p.days_left} days)`,
-                p.exhausts_before_end && " ", p.exhausts_before_end && el("span", { class: "badge high" }, "before its end"))
-            : "not at this rate",
-      },
+      { value: runsOut },
     ], r.programs || [], "No programmes yet.");
   } catch (e) {
     showError(msg, e);
   }
+}
+
+/** When a budget runs out at its burn rate: the UTC date and the days left,
+ * flagged when that is before the programme ends; far futures in words. */
+function runsOut(p) {
+  if (!p.exhausts_at) return "not at this rate";
+  if (cmpDecimal(p.days_left, "3650") >= 0) return el("span", { title: `${p.days_left} days` }, "not within 10 years");
+  return el("span", { title: p.exhausts_at },
+    p.exhausts_at.slice(0, 10), ` (${p.days_left} days)`,
+    p.exhausts_before_end && " ", p.exhausts_before_end && el("span", { class: "badge high" }, "before its end"));
 }
 
 // ---------- capacity ----------
