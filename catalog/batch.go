@@ -37,9 +37,11 @@ const maxBatch = 256
 // member, units ("" = unchanged), full ("1": reply with the offer hash),
 // now (ms).
 //
-// Redis 7.0 spends about 6 µs of overhead on each redis.call from Lua, more
-// than most commands cost, so the script calls per update only HMGET and
-// HSET, and per market one ZREM, one ZADD and the two XADDs.
+// On Redis 7.0 every value crossing between Redis and Lua costs a few
+// tenths of a microsecond (measured: 0.24 µs per argument, about 0.3 µs per
+// field read or written), more than the commands themselves, so the script
+// calls per update only HMGET and HSET, and per market one ZREM, one ZADD
+// and the two XADDs (docs/BENCHMARKS.md).
 //
 // The reply has one element per update: the new version, the offer hash
 // (full), or "E:<reason>" when the update was refused (nothing changed).
