@@ -31,101 +31,133 @@ const maxBatch = 256
 // updateBatchScript applies a batch of offer updates.
 //
 // KEYS: per market j (1-based) its index, change stream and trade stream at
-// 3j-2, 3j-1, 3j; then per update i the offer hash at 3·nm + i.
-// ARGV: nm, n, change-stream maxlen; per market class and region; per
-// update: market number, offer id, provider, price ("" = unchanged), index
-// member, units ("" = unchanged), full ("1": reply with the offer hash),
-// now (ms).
+// 3j-2, 3j-1, 3j; then the offer hash of every update, in argument order.
+// ARGV: nm, change-stream maxlen; then per market its class, region and
+// number of updates, followed by those updates, each a kind and its
+// arguments:
 //
-// On Redis 7.0 every value crossing between Redis and Lua costs a few
-// tenths of a microsecond (measured: 0.24 µs per argument, about 0.3 µs per
-// field read or written), more than the commands themselves, so the script
-// calls per update only HMGET and HSET, and per market one ZREM, one ZADD
-// and the two XADDs (docs/BENCHMARKS.md).
+//	"s" (checked): id, provider, price ("" = unchanged), index member,
+//	    units ("" = unchanged), full ("1": reply with the offer hash), now (ms)
+//	"p" (predicted price change): id, provider, price, index member, now,
+//	    expected version, new version, old index member, listed ("1"/"0"),
+//	    delta line, tick line
 //
-// The reply has one element per update: the new version, the offer hash
-// (full), or "E:<reason>" when the update was refused (nothing changed).
-// A listed offer's change goes to its market's change stream as one line of
-// a "delta" entry: id, version, price, units, free, price_at, updated_at,
-// tab-separated; a price change also goes to the trade stream as one line of
-// a "ticks" entry (the first line is class and region): id, provider,
-// version, price, free, ts.
+// A "p" update is brokerd's prediction of what the checked path would do to
+// an offer it knows (offerState): it applies only when the offer's version is
+// still the expected one. Every change of an offer bumps its version, so an
+// equal version means the offer is exactly as brokerd last saw it, and the
+// prediction is what the checks would have made. Otherwise it falls back to
+// the checked path in place, so the order of an offer's updates holds, and
+// so do the offer's later predictions in the batch (they assumed this one
+// applied; a refused fallback leaves the version where they expect it). On
+// Redis 7.0 each value crossing between Lua and Redis costs a few tenths of
+// a microsecond and each string built in Lua about as much, so the predicted
+// path reads one field and builds nothing (docs/BENCHMARKS.md).
+//
+// The reply has one element per update: 1 (the prediction applied), "S",
+// version, price, units, free, price_at, listed and index member joined by
+// tabs (the checked path applied), the offer hash (full), or "E:<reason>"
+// when the update was refused (nothing changed). A listed offer's change
+// goes to its market's change stream as one line of a "delta" entry: id,
+// version, price, units, free, price_at, updated_at, tab-separated; a price
+// change also goes to the trade stream as one line of a "ticks" entry (the
+// first line is class and region): id, provider, version, price, free, ts.
+// Per market and batch there is one ZREM and one ZADD for the index moves.
 var updateBatchScript = redis.NewScript(`
-local nm, n, maxlen = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
-local base = 3 + 2 * nm
-local deltas, ticks, out = {}, {}, {}
--- The index moves of a market, one ZREM and one ZADD at the end: per offer
--- the member it had before the batch and the one it has after.
-local moved, was, now_member = {}, {}, {}
-for i = 1, n do
-  local a = base + 8 * (i - 1)
-  local mi, id, k, now = tonumber(ARGV[a + 1]), ARGV[a + 2], KEYS[3 * nm + i], ARGV[a + 8]
-  local o
-  if ARGV[a + 4] ~= '' then -- a new price: the old price and price_at are not needed
-    o = redis.call('HMGET', k, 'provider', 'status', 'units', 'free', 'member', 'listed', 'version')
-  else
-    o = redis.call('HMGET', k, 'provider', 'status', 'units', 'free', 'member', 'listed', 'version', 'price', 'price_at')
+local nm, maxlen = tonumber(ARGV[1]), ARGV[2]
+local a, ki, out = 2, 0, {}
+for mi = 1, nm do
+  local class, region, cnt = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
+  a = a + 3
+  -- origin: an offer's index member now → the one it had before the batch
+  local deltas, ticks, origin = {}, {}, {}
+  -- fell: offers whose prediction failed in this batch; their later
+  -- predictions assumed it applied, so they go checked too
+  local fell = {}
+  local function move(om, m)
+    local o = origin[om]
+    if o then origin[om] = nil else o = om end
+    origin[m] = o
   end
-  local r
-  if not o[1] then r = 'E:not_found'
-  elseif o[1] ~= ARGV[a + 3] then r = 'E:forbidden'
-  elseif o[2] ~= 'active' then r = 'E:not_found'
-  else
-    local units, free = tonumber(o[3]), tonumber(o[4])
-    if ARGV[a + 6] ~= '' then
-      local nu, leased = tonumber(ARGV[a + 6]), units - free
-      if nu < leased then r = 'E:below_leased:' .. leased else units, free = nu, nu - leased end
+  for _ = 1, cnt do
+    ki = ki + 1
+    local k = KEYS[3 * nm + ki]
+    local id, prov, price, member, units, full, now, r
+    if ARGV[a + 1] == 'p' then
+      id, prov, price, member, now, units, full = ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], '', '0'
+      if not fell[k] and redis.call('HGET', k, 'version') == ARGV[a + 7] then
+        redis.call('HSET', k, 'price', price, 'price_at', now, 'member', member, 'version', ARGV[a + 8], 'updated_at', now)
+        if ARGV[a + 10] == '1' then
+          move(ARGV[a + 9], member)
+          deltas[#deltas + 1] = ARGV[a + 11]
+          ticks[#ticks + 1] = ARGV[a + 12]
+        end
+        r = 1
+      else
+        fell[k] = true
+      end
+      a = a + 12
+    else
+      id, prov, price, member, units, full, now = ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8]
+      a = a + 8
     end
     if not r then
-      local v, price, pat = tonumber(o[7]) + 1, o[8], o[9]
-      if ARGV[a + 4] ~= '' then
-        price, pat = ARGV[a + 4], now
-        if ARGV[a + 6] ~= '' then redis.call('HSET', k, 'units', units, 'free', free) end
-        redis.call('HSET', k, 'price', price, 'price_at', now, 'member', ARGV[a + 5], 'version', v, 'updated_at', now)
-        if o[6] == '1' then
-          local mv = moved[mi]
-          if not mv then mv = {}; moved[mi] = mv end
-          if not mv[id] then mv[id] = true; was[#was + 1] = {mi, o[5]} end
-          now_member[id] = {mi, ARGV[a + 5]}
-          local t = ticks[mi]
-          if not t then t = {ARGV[2 + 2 * mi] .. '\t' .. ARGV[3 + 2 * mi]}; ticks[mi] = t end
-          t[#t + 1] = id .. '\t' .. o[1] .. '\t' .. v .. '\t' .. price .. '\t' .. free .. '\t' .. now
-        end
+      local o
+      if price ~= '' then -- a new price: the old price and price_at are not needed
+        o = redis.call('HMGET', k, 'provider', 'status', 'units', 'free', 'member', 'listed', 'version')
       else
-        redis.call('HSET', k, 'units', units, 'free', free, 'version', v, 'updated_at', now)
+        o = redis.call('HMGET', k, 'provider', 'status', 'units', 'free', 'member', 'listed', 'version', 'price', 'price_at')
       end
-      if o[6] == '1' then
-        local d = deltas[mi]
-        if not d then d = {}; deltas[mi] = d end
-        d[#d + 1] = id .. '\t' .. v .. '\t' .. price .. '\t' .. units .. '\t' .. free .. '\t' .. pat .. '\t' .. now
+      if not o[1] then r = 'E:not_found'
+      elseif o[1] ~= prov then r = 'E:forbidden'
+      elseif o[2] ~= 'active' then r = 'E:not_found'
+      else
+        local nunits, nfree = o[3], o[4]
+        if units ~= '' then
+          local nu, leased = tonumber(units), tonumber(o[3]) - tonumber(o[4])
+          if nu < leased then r = 'E:below_leased:' .. leased else nunits, nfree = units, tostring(nu - leased) end
+        end
+        if not r then
+          local v, pat = tostring(tonumber(o[7]) + 1), o[9]
+          if price ~= '' then
+            pat = now
+            if units ~= '' then redis.call('HSET', k, 'units', nunits, 'free', nfree) end
+            redis.call('HSET', k, 'price', price, 'price_at', now, 'member', member, 'version', v, 'updated_at', now)
+            if o[6] == '1' then
+              move(o[5], member)
+              ticks[#ticks + 1] = id .. '\t' .. prov .. '\t' .. v .. '\t' .. price .. '\t' .. nfree .. '\t' .. now
+            end
+          else
+            price, member = o[8], o[5]
+            redis.call('HSET', k, 'units', nunits, 'free', nfree, 'version', v, 'updated_at', now)
+          end
+          if o[6] == '1' then
+            deltas[#deltas + 1] = id .. '\t' .. v .. '\t' .. price .. '\t' .. nunits .. '\t' .. nfree .. '\t' .. pat .. '\t' .. now
+          end
+          if full == '1' then r = redis.call('HGETALL', k)
+          else r = 'S\t' .. v .. '\t' .. price .. '\t' .. nunits .. '\t' .. nfree .. '\t' .. pat .. '\t' .. o[6] .. '\t' .. member end
+        end
       end
-      if ARGV[a + 7] == '1' then r = redis.call('HGETALL', k) else r = v end
+    end
+    out[ki] = r
+  end
+  local rem, add = {}, {}
+  for m, o in pairs(origin) do
+    if m ~= o then
+      rem[#rem + 1] = o
+      add[#add + 1] = '0'
+      add[#add + 1] = m
     end
   end
-  out[i] = r
-end
-if #was > 0 then
-  local rem, add = {}, {}
-  for _, w in ipairs(was) do
-    local l = rem[w[1]]
-    if not l then l = {}; rem[w[1]] = l end
-    l[#l + 1] = w[2]
+  if #rem > 0 then
+    redis.call('ZREM', KEYS[3 * mi - 2], unpack(rem))
+    redis.call('ZADD', KEYS[3 * mi - 2], unpack(add))
   end
-  for _, m in pairs(now_member) do
-    local l = add[m[1]]
-    if not l then l = {}; add[m[1]] = l end
-    l[#l + 1] = 0
-    l[#l + 1] = m[2]
+  if #deltas > 0 then
+    redis.call('XADD', KEYS[3 * mi - 1], 'MAXLEN', '~', maxlen, '*', 't', 'delta', 'd', table.concat(deltas, '\n'))
   end
-  for mi, l in pairs(rem) do redis.call('ZREM', KEYS[3 * mi - 2], unpack(l)) end
-  for mi, l in pairs(add) do redis.call('ZADD', KEYS[3 * mi - 2], unpack(l)) end
-end
-for mi = 1, nm do
-  if deltas[mi] then
-    redis.call('XADD', KEYS[3 * mi - 1], 'MAXLEN', '~', maxlen, '*', 't', 'delta', 'd', table.concat(deltas[mi], '\n'))
-  end
-  if ticks[mi] then
-    redis.call('XADD', KEYS[3 * mi], '*', 'k', 'ticks', 'v', table.concat(ticks[mi], '\n'))
+  if #ticks > 0 then
+    redis.call('XADD', KEYS[3 * mi], '*', 'k', 'ticks', 'v', class .. '\t' .. region .. '\n' .. table.concat(ticks, '\n'))
   end
 end
 return out
@@ -141,16 +173,41 @@ type UpdateResult struct {
 	Err   error
 }
 
+// offerState is what brokerd last knew of an offer's changing fields: enough
+// to predict what a price change does to it (updateBatchScript, kind "p").
+// A stale state costs nothing but the prediction: the script checks the
+// version and takes the checked path.
+type offerState struct {
+	version     int64
+	provider    string
+	listed      bool
+	units, free int64
+	member      string
+}
+
+// stateCache holds the offerStates of one batch shard.
+type stateCache struct {
+	mu sync.Mutex
+	m  map[string]offerState
+}
+
+// maxStates bounds a shard's stateCache; past it the cache starts over.
+const maxStates = 1 << 20
+
+func (s *Store) states(id string) *stateCache { return &s.stateCaches[batchShard(id)] }
+
 // UpdateOffers applies updates in order and returns one result per update.
 // Each update is checked and applied on its own: one refused update does
 // not refuse the others. A Redis failure fails every update of its group.
 func (s *Store) UpdateOffers(ctx context.Context, us []OfferUpdate) []UpdateResult {
 	res := make([]UpdateResult, len(us))
+	type mkt struct {
+		key market.MarketKey
+		idx []int // update indices, in order
+	}
 	type group struct {
-		markets map[market.MarketKey]int // market → its number (1-based)
-		order   []market.MarketKey
-		idx     []int // update indices
-		mkts    []int
+		markets map[market.MarketKey]int // market → its place in order
+		order   []mkt
 	}
 	groups := map[int]*group{}
 	var gorder []int
@@ -176,22 +233,35 @@ func (s *Store) UpdateOffers(ctx context.Context, us []OfferUpdate) []UpdateResu
 		}
 		mi, ok := g.markets[m]
 		if !ok {
-			g.order = append(g.order, m)
 			mi = len(g.order)
+			g.order = append(g.order, mkt{key: m})
 			g.markets[m] = mi
 		}
-		g.idx, g.mkts = append(g.idx, i), append(g.mkts, mi)
+		g.order[mi].idx = append(g.order[mi].idx, i)
 	}
 	// One script per group, all in one round trip (on a cluster the client
 	// sends each to its slot's node).
 	calls := make([]scriptCall, len(gorder))
+	idxs := make([][]int, len(gorder))
+	preds := make([][]*offerState, len(gorder))
 	for n, gk := range gorder {
 		g := groups[gk]
-		calls[n] = updateCall(us, g.order, g.idx, g.mkts)
+		markets := make([]market.MarketKey, len(g.order))
+		var idx []int
+		for j, m := range g.order {
+			markets[j] = m.key
+			idx = append(idx, m.idx...)
+		}
+		counts := make([]int, len(g.order))
+		for j, m := range g.order {
+			counts[j] = len(m.idx)
+		}
+		calls[n], preds[n] = s.updateCall(us, markets, counts, idx)
+		idxs[n] = idx
 	}
 	s.runScripts(ctx, updateBatchScript, calls)
-	for n, gk := range gorder {
-		decodeUpdates(us, res, groups[gk].idx, calls[n])
+	for n := range gorder {
+		s.decodeUpdates(us, res, idxs[n], preds[n], calls[n])
 	}
 	return res
 }
@@ -248,57 +318,124 @@ func (s *Store) slotGroup(m market.MarketKey) int {
 }
 
 // updateCall prepares the script call for one group: the updates us[idx]
-// over markets, mkts giving each update's market number.
-func updateCall(us []OfferUpdate, markets []market.MarketKey, idx, mkts []int) scriptCall {
+// over markets, counts[j] of them in markets[j], in that order. pred[k] is
+// the state update idx[k] predicts (kind "p"), nil when it goes checked.
+func (s *Store) updateCall(us []OfferUpdate, markets []market.MarketKey, counts, idx []int) (c scriptCall, pred []*offerState) {
 	keys := make([]string, 0, 3*len(markets)+len(idx))
-	args := make([]any, 0, 3+2*len(markets)+8*len(idx))
-	args = append(args, len(markets), len(idx), changeStreamMaxLen)
+	args := make([]any, 0, 2+3*len(markets)+12*len(idx))
+	pred = make([]*offerState, len(idx))
+	// batch: an offer's state after its earlier updates in this batch (nil:
+	// unknown, after an update that goes checked).
+	var batch map[string]*offerState
+	args = append(args, len(markets), changeStreamMaxLen)
 	for _, m := range markets {
 		keys = append(keys, IndexKey(m), ChangeStreamKey(m), TradeStreamKey(m))
-		args = append(args, m.Class, m.Region)
 	}
-	for k, i := range idx {
-		u := &us[i]
-		m := markets[mkts[k]-1]
-		keys = append(keys, OfferKey(m, u.ID))
-		price, member, units, full := "", "", "", "0"
-		if u.Price != nil {
-			ticks, _ := market.PriceTicks(*u.Price)
-			price, member = u.Price.String(), indexMember(ticks, u.ID)
+	k := 0
+	for j, m := range markets {
+		args = append(args, m.Class, m.Region, counts[j])
+		for end := k + counts[j]; k < end; k++ {
+			u := &us[idx[k]]
+			keys = append(keys, OfferKey(m, u.ID))
+			now := strconv.FormatInt(ms(u.Now), 10)
+			if u.Now.IsZero() {
+				now = strconv.FormatInt(ms(time.Now()), 10)
+			}
+			price, member := "", ""
+			if u.Price != nil {
+				ticks, _ := market.PriceTicks(*u.Price)
+				price, member = u.Price.String(), indexMember(ticks, u.ID)
+			}
+			var st *offerState
+			if b, ok := batch[u.ID]; ok {
+				st = b
+			} else if !s.checkedOnly {
+				c := s.states(u.ID)
+				c.mu.Lock()
+				if v, ok := c.m[u.ID]; ok {
+					st = &v
+				}
+				c.mu.Unlock()
+			}
+			if batch == nil {
+				batch = make(map[string]*offerState)
+			}
+			if st != nil && u.Price != nil && u.Units == nil && !u.Full && st.provider == u.ProviderID {
+				next := *st
+				next.version++
+				next.member = member
+				pred[k], batch[u.ID] = &next, &next
+				v := strconv.FormatInt(next.version, 10)
+				listed, delta, tick := "0", "", ""
+				if st.listed {
+					units, free := strconv.FormatInt(st.units, 10), strconv.FormatInt(st.free, 10)
+					listed = "1"
+					delta = u.ID + "\t" + v + "\t" + price + "\t" + units + "\t" + free + "\t" + now + "\t" + now
+					tick = u.ID + "\t" + u.ProviderID + "\t" + v + "\t" + price + "\t" + free + "\t" + now
+				}
+				args = append(args, "p", u.ID, u.ProviderID, price, member, now,
+					strconv.FormatInt(st.version, 10), v, st.member, listed, delta, tick)
+				continue
+			}
+			batch[u.ID] = nil
+			units, full := "", "0"
+			if u.Units != nil {
+				units = strconv.FormatInt(*u.Units, 10)
+			}
+			if u.Full {
+				full = "1"
+			}
+			args = append(args, "s", u.ID, u.ProviderID, price, member, units, full, now)
 		}
-		if u.Units != nil {
-			units = strconv.FormatInt(*u.Units, 10)
-		}
-		if u.Full {
-			full = "1"
-		}
-		now := u.Now
-		if now.IsZero() {
-			now = time.Now()
-		}
-		args = append(args, mkts[k], u.ID, u.ProviderID, price, member, units, full, ms(now))
 	}
-	return scriptCall{keys: keys, args: args}
+	return scriptCall{keys: keys, args: args}, pred
 }
 
-// decodeUpdates fills the results of the updates us[idx] from their call.
-func decodeUpdates(us []OfferUpdate, res []UpdateResult, idx []int, c scriptCall) {
+// decodeUpdates fills the results of the updates us[idx] from their call
+// and keeps the offer states (offerState) for the next predictions.
+func (s *Store) decodeUpdates(us []OfferUpdate, res []UpdateResult, idx []int, pred []*offerState, c scriptCall) {
 	out, err := c.out, c.err
 	if err == nil && len(out) != len(idx) {
 		err = fmt.Errorf("update script answered %d results for %d updates", len(out), len(idx))
 	}
 	if err != nil {
+		// The script may have run or not: what brokerd knew is unsure.
 		for _, i := range idx {
 			res[i].Err = unavailable("update offer", err)
+			s.forgetState(us[i].ID)
 		}
 		return
 	}
 	for k, i := range idx {
+		u := &us[i]
 		switch v := out[k].(type) {
 		case int64:
-			res[i].Version = v
+			// The prediction applied: the offer is now as predicted.
+			if pred[k] == nil {
+				res[i].Err = fmt.Errorf("catalog: update offer %s: a prediction applied that was not made", u.ID)
+				s.forgetState(u.ID)
+				continue
+			}
+			s.predicted.Add(1)
+			res[i].Version = pred[k].version
+			s.keepState(u.ID, *pred[k])
 		case string:
-			res[i].Err = offerScriptError(us[i].ID, "update offer", errors.New(strings.TrimPrefix(v, "E:")))
+			if strings.HasPrefix(v, "S\t") {
+				if pred[k] != nil {
+					s.mispredicted.Add(1)
+				}
+				st, err := parseState(v, u.ProviderID)
+				if err != nil {
+					res[i].Err = err
+					s.forgetState(u.ID)
+					continue
+				}
+				res[i].Version = st.version
+				s.keepState(u.ID, st)
+				continue
+			}
+			res[i].Err = offerScriptError(u.ID, "update offer", errors.New(strings.TrimPrefix(v, "E:")))
+			s.forgetState(u.ID)
 		case []any:
 			kv := make([]string, len(v))
 			for j, x := range v {
@@ -306,10 +443,53 @@ func decodeUpdates(us []OfferUpdate, res []UpdateResult, idx []int, c scriptCall
 			}
 			o, err := decodeOffer(pairs(kv))
 			res[i].Offer, res[i].Version, res[i].Err = o, o.Version, err
+			s.forgetState(u.ID)
 		default:
 			res[i].Err = fmt.Errorf("catalog: update offer: unexpected reply %T", v)
+			s.forgetState(u.ID)
 		}
 	}
+}
+
+// parseState reads the checked path's "S" reply: version, price, units,
+// free, price_at, listed and index member.
+func parseState(v, provider string) (offerState, error) {
+	var f [8]string
+	if !splitFields(v, f[:]) {
+		return offerState{}, fmt.Errorf("catalog: update offer: malformed reply %q", v)
+	}
+	st := offerState{provider: provider, listed: f[6] == "1", member: f[7]}
+	var e1, e2, e3 error
+	st.version, e1 = strconv.ParseInt(f[1], 10, 64)
+	st.units, e2 = strconv.ParseInt(f[3], 10, 64)
+	st.free, e3 = strconv.ParseInt(f[4], 10, 64)
+	if e1 != nil || e2 != nil || e3 != nil || st.member == "" {
+		return offerState{}, fmt.Errorf("catalog: update offer: malformed reply %q", v)
+	}
+	return st, nil
+}
+
+// Predictions returns how many price changes went as predictions and
+// applied, and how many found the offer changed and took the checked path.
+func (s *Store) Predictions() (applied, stale int64) {
+	return s.predicted.Load(), s.mispredicted.Load()
+}
+
+func (s *Store) keepState(id string, st offerState) {
+	c := s.states(id)
+	c.mu.Lock()
+	if c.m == nil || len(c.m) >= maxStates {
+		c.m = make(map[string]offerState)
+	}
+	c.m[id] = st
+	c.mu.Unlock()
+}
+
+func (s *Store) forgetState(id string) {
+	c := s.states(id)
+	c.mu.Lock()
+	delete(c.m, id)
+	c.mu.Unlock()
 }
 
 // SubmitUpdate queues an offer update for the next batch and returns at

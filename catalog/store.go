@@ -25,6 +25,14 @@ type Store struct {
 	// the batches run.
 	batchers  [batchShards]batcher
 	batchRuns atomic.Int64
+	// stateCaches hold what the last updates left of each offer, to
+	// predict the next price change (batch.go, offerState).
+	stateCaches [batchShards]stateCache
+	// predicted and mispredicted count the price changes that went as
+	// predictions and applied, and those whose prediction was stale.
+	predicted, mispredicted atomic.Int64
+	// checkedOnly turns predictions off (tests compare both paths).
+	checkedOnly bool
 	// tokens caches token hash → account id of tokens that worked
 	// (accounts.go); tokenCount counts the stores into it.
 	tokens     sync.Map
