@@ -26,6 +26,8 @@ type Pick struct {
 
 type pick struct {
 	s                *slot
+	sn               *Snapshot // s is sn.slots[at]
+	at               int
 	gross, disc, net int64
 	grant            int
 }
@@ -38,7 +40,16 @@ func comparePick(a, b *pick) int {
 		}
 		return 1
 	}
-	return compareSlotPtrs(a.s, b.s)
+	return compareSlotAt(a.sn, a.at, b)
+}
+
+// compareSlotAt compares sn.slots[i] with the slot of w in book order. In
+// one snapshot that is the order of their indices: the slots are not read.
+func compareSlotAt(sn *Snapshot, i int, w *pick) int {
+	if sn == w.sn {
+		return cmp.Compare(i, w.at)
+	}
+	return compareSlotPtrs(&sn.slots[i], w.s)
 }
 
 // grossCents is round_half_up(ticks × uh / 100): the gross in cents of a
@@ -130,10 +141,13 @@ type Scratch struct {
 	cands    []Candidate
 	curs     []cursor
 	unscoped uint64 // the grants scoped to no provider
-	provs    []scopedProv
-	scoped   []scoped
-	act      []int32 // the merge's markets still scanning, see scan
-	heads    []int64
+	// masked: the grants are few enough (maxMasked) for pricing to find
+	// those whose scopes take an offer from the masks, see grantsIn.
+	masked bool
+	provs  []scopedProv
+	scoped []scoped
+	act    []int32 // the merge's markets still scanning, see scan
+	heads  []int64
 	// exhaustive turns the bound off: every offer is checked with the
 	// checker chain and priced (the brute-force scan the benchmarks compare
 	// against).
@@ -359,6 +373,7 @@ func Decide(req *Request, snaps []*Snapshot, limit int, s *Scratch) int {
 		s.fallback = &res
 		return len(res.Matches)
 	}
+	s.bounds()
 	if s.exhaustive {
 		for _, sn := range snaps {
 			if sn != nil {
@@ -380,13 +395,14 @@ func (s *Scratch) full() bool { return s.limit > 0 && len(s.picks) >= s.limit &&
 // no provider, and per provider that some grant names, the grants naming
 // it.
 func (s *Scratch) bounds() {
-	s.unscoped = 0
+	s.unscoped, s.masked = 0, false
 	clear(s.provs)
 	s.provs = s.provs[:0]
 	grants := s.prep.Grants()
 	if !s.vouchers || len(grants) > maxMasked {
 		return
 	}
+	s.masked = true
 	for i := range grants {
 		g := &grants[i]
 		if len(g.Providers) == 0 {
@@ -404,6 +420,18 @@ func (s *Scratch) bounds() {
 			s.provs = append(s.provs, scopedProv{id: pid, num: providerNumber(pid), mask: 1 << i})
 		}
 	}
+}
+
+// grantsIn returns the grants whose scopes take an offer of the provider
+// numbered num in a market whose region the grants in region take.
+func (s *Scratch) grantsIn(region uint64, num int32) uint64 {
+	m := s.unscoped
+	for k := range s.provs {
+		if s.provs[k].num == num {
+			m |= s.provs[k].mask
+		}
+	}
+	return region & m
 }
 
 // regionMask returns the grants whose region scope takes region.
@@ -425,7 +453,7 @@ func (s *Scratch) regionMask(region string) uint64 {
 // the same list, can no longer enter the best limit, when the grants in
 // bound are the ones that can pay on it. It reads sl only when the net
 // ties.
-func (s *Scratch) beyond(bound uint64, ticks int64, sl *slot) bool {
+func (s *Scratch) beyond(bound uint64, ticks int64, sn *Snapshot, i int) bool {
 	g := grossCents(ticks, s.uh)
 	lb := g
 	if s.vouchers {
@@ -450,7 +478,7 @@ func (s *Scratch) beyond(bound uint64, ticks int64, sl *slot) bool {
 	if lb != w.net {
 		return lb > w.net
 	}
-	return compareSlotPtrs(sl, w.s) > 0
+	return compareSlotAt(sn, i, w) > 0
 }
 
 // allBeyond reports whether no offer at ticks or dearer can enter the best
@@ -476,7 +504,6 @@ func (s *Scratch) allBeyond(ticks int64) bool {
 // Decide describes.
 func (s *Scratch) scan(snaps []*Snapshot) {
 	s.curs = s.curs[:0]
-	s.bounds()
 	for _, sn := range snaps {
 		if sn == nil || len(sn.hot) == 0 {
 			continue
@@ -563,12 +590,13 @@ func (s *Scratch) run(c *cursor, next int64) {
 			c.i, c.ticks = i, h.ticks
 			return
 		}
-		if full && s.beyond(bound, h.ticks, &slots[i]) {
+		if full && s.beyond(bound, h.ticks, c.sn, i) {
 			c.i, c.ticks, c.state = i, h.ticks, atBound
 			return
 		}
 		if c.f.pass(h) && (!c.f.exact || s.certified(&slots[i])) {
-			s.price(&slots[i], c.sn.Market.Region, h.ticks, warm[i].list, warm[i].prov)
+			w := &warm[i]
+			s.price(c.sn, i, c.sn.Market.Region, c.region, h.ticks, w.list, w.prov, w.sig, w.num)
 			full = s.full()
 		}
 	}
@@ -598,7 +626,7 @@ func (s *Scratch) scanScoped() {
 				continue // no grant in this region names it, or no book has its offers
 			}
 			bound := c.region & (s.unscoped | p.mask)
-			if s.full() && s.beyond(bound, c.ticks, &c.sn.slots[c.i]) {
+			if s.full() && s.beyond(bound, c.ticks, c.sn, c.i) {
 				continue // even at the stop price this provider cannot win
 			}
 			s.scoped = append(s.scoped, scoped{cur: ci, bound: bound, num: p.num})
@@ -613,20 +641,20 @@ func (s *Scratch) scanScoped() {
 	for k := range s.scoped {
 		p := &s.scoped[k]
 		if p.head.end > p.head.start {
-			s.scanProvider(&s.curs[p.cur], p.bound, &p.head)
+			s.scanProvider(&s.curs[p.cur], p.bound, &p.head, p.num)
 		}
 	}
 }
 
 // scanProvider scans, from where c's market scan stopped, the list of
 // the provider with head h, bounded by the grants in bound.
-func (s *Scratch) scanProvider(c *cursor, bound uint64, h *provHead) {
+func (s *Scratch) scanProvider(c *cursor, bound uint64, h *provHead, num int32) {
 	sn := c.sn
 	from := uint64(c.ticks)<<provIndexBits | uint64(c.i) // the key of the stop
 	list, k0 := sn.prov[h.start:h.end], 0
 	if h.first < from {
 		k0 = searchFrom(list, from)
-	} else if s.full() && s.beyond(bound, int64(h.first>>provIndexBits), &sn.slots[h.first&(maxBookOffers-1)]) {
+	} else if s.full() && s.beyond(bound, int64(h.first>>provIndexBits), sn, int(h.first&(maxBookOffers-1))) {
 		return // the list's first entry, which the head holds, is past the bound
 	}
 	region := sn.Market.Region
@@ -634,13 +662,13 @@ func (s *Scratch) scanProvider(c *cursor, bound uint64, h *provHead) {
 	for ; k < len(list); k++ {
 		e := &list[k]
 		ticks := int64(e.key >> provIndexBits)
-		sl := &sn.slots[e.index()]
-		if ticks > s.q.maxTicks || s.full() && s.beyond(bound, ticks, sl) {
+		at := e.index()
+		if ticks > s.q.maxTicks || s.full() && s.beyond(bound, ticks, sn, at) {
 			break
 		}
-		if c.f.pass(&hotSlot{meta: e.meta}) && (!c.f.exact || s.certified(sl)) {
+		if c.f.pass(&hotSlot{meta: e.meta}) && (!c.f.exact || s.certified(&sn.slots[at])) {
 			// The entry and the head hold what pricing reads of the slot.
-			s.price(sl, region, ticks, e.list, h.prov)
+			s.price(sn, at, region, c.region, ticks, e.list, h.prov, h.sig, num)
 		}
 	}
 	if k > k0 {
@@ -673,6 +701,7 @@ func searchFrom(list []provEntry, from uint64) int {
 // checker chain and prices every eligible one: the brute-force scan.
 func (s *Scratch) scanAll(sn *Snapshot) {
 	s.q.enter(sn.mkt)
+	rm := s.regionMask(sn.Market.Region)
 	for i := range sn.slots {
 		sl := &sn.slots[i]
 		if sl.ticks > s.q.maxTicks {
@@ -684,7 +713,7 @@ func (s *Scratch) scanAll(sn *Snapshot) {
 			s.counts[r]++
 			continue
 		}
-		s.take(sl, sn.Market.Region)
+		s.take(sn, i, rm)
 	}
 }
 
@@ -696,24 +725,36 @@ func (s *Scratch) target(sl *slot) voucher.Target {
 		PriceTicks: sl.ticks, ListTicks: sl.listTicks, Ref: s.req.Reference, ProviderSig: sl.prov.sig}
 }
 
-// take prices an eligible offer in region and keeps it if it is among the
-// best limit so far.
-func (s *Scratch) take(sl *slot, region string) {
-	s.price(sl, region, sl.ticks, sl.listTicks, sl.prov)
+// take prices the eligible offer sn.slots[i], rm being the grants whose
+// region scope takes its market (see regionMask), and keeps it if it is
+// among the best limit so far.
+func (s *Scratch) take(sn *Snapshot, i int, rm uint64) {
+	sl := &sn.slots[i]
+	s.price(sn, i, sn.Market.Region, rm, sl.ticks, sl.listTicks, sl.prov, sl.prov.sig, sl.prov.num)
 }
 
-// price is take with the slot's price, list price and provider given: it
-// reads the slot itself only for the voucher guard's reference price.
-func (s *Scratch) price(sl *slot, region string, ticks, listTicks int64, prov *provider) {
-	p := pick{s: sl, gross: grossCents(ticks, s.uh), grant: -1}
+// price is take with the slot's price, list price, provider record, key
+// signature and number given: it reads the slot itself only for the
+// voucher guard's reference price, and the provider record only when the
+// signatures meet.
+func (s *Scratch) price(sn *Snapshot, at int, region string, rm uint64, ticks, listTicks int64, prov *provider, sig uint64, num int32) {
+	sl := &sn.slots[at]
+	p := pick{s: sl, sn: sn, at: at, gross: grossCents(ticks, s.uh), grant: -1}
 	p.net = p.gross
 	if s.vouchers {
 		t := voucher.Target{Provider: &prov.acct, Region: region, PriceTicks: ticks, ListTicks: listTicks,
-			Ref: s.req.Reference, ProviderSig: prov.sig}
+			Ref: s.req.Reference, ProviderSig: sig}
 		if t.Ref != nil || listTicks < 0 {
 			t.Offer = &sl.it.Offer
 		}
-		if idx, d := s.prep.Choose(&t, p.gross); idx >= 0 {
+		var idx int
+		var d int64
+		if s.masked {
+			idx, d = s.prep.ChooseIn(&t, p.gross, s.grantsIn(rm, num))
+		} else {
+			idx, d = s.prep.Choose(&t, p.gross)
+		}
+		if idx >= 0 {
 			p.grant, p.disc, p.net = idx, d, p.gross-d
 		}
 	}

@@ -241,6 +241,30 @@ func (p *Prepared) Choose(t *Target, gross int64) (index int, discount int64) {
 	return -1, 0
 }
 
+// ChooseIn is Choose when the caller knows which grants' scopes take the
+// target: bit i of in is set exactly when the region and provider scopes of
+// Grants()[i] take it (so at most the first 64 grants). It reads no scope
+// list; the related-party and guard checks are Choose's.
+func (p *Prepared) ChooseIn(t *Target, gross int64, in uint64) (index int, discount int64) {
+	if in == 0 || gross <= 0 {
+		return -1, 0
+	}
+	if p.related(t) || p.aboveGuard(t) {
+		return -1, 0
+	}
+	for ; in != 0; in &= in - 1 {
+		i := bits.TrailingZeros64(in)
+		if i >= len(p.grants) {
+			break
+		}
+		c := &p.grants[i]
+		if d := discountCents(c.RateBP, c.CapCents, gross); d > 0 {
+			return c.Index, d
+		}
+	}
+	return -1, 0
+}
+
 // Applicable reports whether c applies to the target (scope, related party,
 // guard), whatever discount it would pay.
 func (p *Prepared) Applicable(c *Compiled, t *Target) bool {

@@ -96,6 +96,16 @@ func TestPreparedChooseEqualsChoose(t *testing.T) {
 			tg.ProviderSig = KeysSig(prov.RelatedPartyKeys)
 		}
 		idx, disc := p.Choose(&tg, gross.Shift(2).IntPart())
+		// With the grants in scope given as a mask: the same choice.
+		var in uint64
+		for i, c := range p.Grants() {
+			if inScope(c.Regions, tg.Region) && tg.inProviders(c.Providers) {
+				in |= 1 << i
+			}
+		}
+		if idx2, disc2 := p.ChooseIn(&tg, gross.Shift(2).IntPart(), in); idx2 != idx || disc2 != disc {
+			t.Fatalf("case %d: ChooseIn %d %d, Choose %d %d", n, idx2, disc2, idx, disc)
+		}
 		if (idx >= 0) != ok {
 			t.Fatalf("case %d: prepared %d, decimal %v %+v", n, idx, ok, want)
 		}
