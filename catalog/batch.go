@@ -334,9 +334,10 @@ func (s *Store) updateCall(us []OfferUpdate, markets []market.MarketKey, counts,
 	k := 0
 	for j, m := range markets {
 		args = append(args, m.Class, m.Region, counts[j])
+		offerPrefix := OfferKey(m, "")
 		for end := k + counts[j]; k < end; k++ {
 			u := &us[idx[k]]
-			keys = append(keys, OfferKey(m, u.ID))
+			keys = append(keys, offerPrefix+u.ID)
 			now := strconv.FormatInt(ms(u.Now), 10)
 			if u.Now.IsZero() {
 				now = strconv.FormatInt(ms(time.Now()), 10)
@@ -344,7 +345,7 @@ func (s *Store) updateCall(us []OfferUpdate, markets []market.MarketKey, counts,
 			price, member := "", ""
 			if u.Price != nil {
 				ticks, _ := market.PriceTicks(*u.Price)
-				price, member = u.Price.String(), indexMember(ticks, u.ID)
+				price, member = market.TicksString(ticks), indexMember(ticks, u.ID)
 			}
 			var st *offerState
 			if b, ok := batch[u.ID]; ok {
@@ -642,7 +643,7 @@ func decodeDeltas(v string) []Delta {
 		if !splitFields(line, f[:]) {
 			continue
 		}
-		price, err := decimal.NewFromString(f[2])
+		price, err := storedPrice(f[2])
 		if err != nil {
 			continue
 		}
@@ -675,7 +676,7 @@ func DecodeTicks(v []byte) ([]market.Tick, error) {
 		if !splitFields(line, f[:]) {
 			return nil, fmt.Errorf("catalog: malformed tick %q", line)
 		}
-		price, err := decimal.NewFromString(f[3])
+		price, err := storedPrice(f[3])
 		if err != nil {
 			return nil, fmt.Errorf("catalog: tick price %q: %w", f[3], err)
 		}

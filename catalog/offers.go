@@ -27,7 +27,15 @@ const changeStreamMaxLen = "100000"
 // indexMember is an offer's entry in its market's price index: all members
 // have score 0 and sort lexicographically by zero-padded price ticks, then id,
 // which gives exact keyset pagination with ZRANGE BYLEX.
-func indexMember(ticks int64, id string) string { return fmt.Sprintf("%019d|%s", ticks, id) }
+func indexMember(ticks int64, id string) string {
+	var b [20]byte
+	d := strconv.AppendInt(b[:0], ticks, 10)
+	if ticks < 0 || len(d) > 19 {
+		return fmt.Sprintf("%019d|%s", ticks, id) // not a price PriceTicks gives
+	}
+	const zeros = "0000000000000000000"
+	return zeros[:19-len(d)] + string(d) + "|" + id
+}
 
 var memberRe = regexp.MustCompile(`^[0-9]{19}\|[A-Za-z0-9_.-]{1,64}$`)
 
@@ -308,7 +316,7 @@ func pairs(kv []string) map[string]string {
 
 func decodeOffer(v map[string]string) (market.Offer, error) {
 	atoi := func(k string) int64 { n, _ := strconv.ParseInt(v[k], 10, 64); return n }
-	price, err := decimal.NewFromString(v["price"])
+	price, err := storedPrice(v["price"])
 	if err != nil {
 		return market.Offer{}, fmt.Errorf("catalog: offer %s: price %q: %w", v["id"], v["price"], err)
 	}
@@ -351,4 +359,14 @@ func (s *Store) syncProviderOffers(ctx context.Context, providerID string, liste
 		}
 	}
 	return nil
+}
+
+// storedPrice parses a price Redis holds. Stored prices passed
+// market.ParsePrice on their way in, whose fast path is far cheaper than
+// decimal.NewFromString; anything else still parses the slow way.
+func storedPrice(s string) (decimal.Decimal, error) {
+	if d, err := market.ParsePrice("price", s); err == nil {
+		return d, nil
+	}
+	return decimal.NewFromString(s)
 }

@@ -218,3 +218,14 @@ func sameFields(a, b []any) bool {
 	}
 	return true
 }
+
+func TestIndexMember(t *testing.T) {
+	for _, c := range []struct {
+		ticks int64
+		want  string
+	}{{0, "0000000000000000000|a"}, {215000, "0000000000000215000|a"}, {1 << 62, "4611686018427387904|a"}, {-5, "-000000000000000005|a"}} {
+		if got := indexMember(c.ticks, "a"); got != c.want || got != fmt.Sprintf("%019d|%s", c.ticks, "a") {
+			t.Errorf("indexMember(%d) = %q, want %q", c.ticks, got, c.want)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package market
 
 import (
 	"regexp"
+	"strconv"
 
 	"github.com/shopspring/decimal"
 )
@@ -39,6 +40,15 @@ var (
 // four decimal places, greater than zero and at most MaxPrice. It returns an
 // invalid_argument *Error naming field otherwise.
 func ParsePrice(field, s string) (decimal.Decimal, error) {
+	// Fast path, without the regular expression and big.Int: every price a
+	// provider streams comes through here. The result is the decimal
+	// NewFromString makes: the digits as coefficient, minus the number of
+	// decimals as exponent.
+	if coef, exp, ok := scanPrice(s); ok {
+		if coef > 0 && coef <= 1_000_000*pow10[-exp] {
+			return decimal.New(coef, exp), nil
+		}
+	}
 	if !priceRe.MatchString(s) {
 		return decimal.Decimal{}, Invalid("%s must be a decimal string with at most 4 decimal places, got %q", field, s)
 	}
@@ -53,6 +63,38 @@ func ParsePrice(field, s string) (decimal.Decimal, error) {
 		return decimal.Decimal{}, Invalid("%s must be at most %s", field, MaxPrice)
 	}
 	return d, nil
+}
+
+var pow10 = [...]int64{1, 10, 100, 1000, 10000}
+
+// scanPrice reads what priceRe accepts: 1–7 digits, optionally a point and
+// 1–4 digits. It returns the digits as one integer and minus the number of
+// decimals.
+func scanPrice(s string) (coef int64, exp int32, ok bool) {
+	i, n := 0, len(s)
+	for i < n && i < 8 && s[i] >= '0' && s[i] <= '9' {
+		coef = coef*10 + int64(s[i]-'0')
+		i++
+	}
+	if i == 0 || i > 7 {
+		return 0, 0, false
+	}
+	if i == n {
+		return coef, 0, true
+	}
+	if s[i] != '.' {
+		return 0, 0, false
+	}
+	i++
+	start := i
+	for i < n && s[i] >= '0' && s[i] <= '9' {
+		coef = coef*10 + int64(s[i]-'0')
+		i++
+	}
+	if d := i - start; i != n || d < 1 || d > PriceScale {
+		return 0, 0, false
+	}
+	return coef, int32(start - i), true
 }
 
 // ParseAmount parses a money amount: a plain decimal string with at most two
@@ -156,8 +198,37 @@ func FormatAmount(d decimal.Decimal) string { return d.StringFixed(AmountScale) 
 // FormatPrice formats a price with at least two and at most four decimal
 // places ("21.50", "0.2375").
 func FormatPrice(d decimal.Decimal) string {
+	if t, ok := PriceTicks(d); ok {
+		return formatTicks(t, true)
+	}
 	if d.Equal(d.Round(AmountScale)) {
 		return d.StringFixed(AmountScale)
 	}
 	return d.String()
+}
+
+// TicksString formats a tick count as decimal.Decimal.String formats the
+// price: no trailing zeros after the point, no point for whole numbers
+// ("21.5", "21", "0.2375").
+func TicksString(ticks int64) string { return formatTicks(ticks, false) }
+
+// formatTicks formats a non-negative tick count; cents keeps at least two
+// decimal places (FormatPrice), otherwise trailing zeros go (TicksString).
+func formatTicks(ticks int64, cents bool) string {
+	var b [24]byte
+	whole, frac := ticks/TicksPerCNY, ticks%TicksPerCNY
+	out := strconv.AppendInt(b[:0], whole, 10)
+	digits := PriceScale
+	for digits > 0 && frac%10 == 0 && (!cents || digits > AmountScale) {
+		frac /= 10
+		digits--
+	}
+	if digits == 0 {
+		return string(out)
+	}
+	out = append(out, '.')
+	for p := pow10[digits-1]; p > 0; p /= 10 {
+		out = append(out, byte('0'+frac/p%10))
+	}
+	return string(out)
 }

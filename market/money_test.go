@@ -1,6 +1,7 @@
 package market
 
 import (
+	"fmt"
 	"math/big"
 	"math/rand"
 	"strconv"
@@ -144,5 +145,60 @@ func TestPriceTicksFastPath(t *testing.T) {
 			coef.Neg(coef)
 		}
 		check(decimal.NewFromBigInt(coef, int32(rng.Intn(46)-25)))
+	}
+}
+
+// TestPriceFastPathsAgree: the hand-written price scanner and tick
+// formatters give exactly what the regular expression, decimal.NewFromString
+// and the decimal formatting give.
+func TestPriceFastPathsAgree(t *testing.T) {
+	rng := rand.New(rand.NewSource(1))
+	inputs := []string{"0", "1", "21.5", "21.50", "21.5000", "0.0001", "0.00001", "1000000", "1000000.0001", "9999999",
+		"10000000", "01.5", "1.", ".5", "1.2.3", "-1", "+1", "1e3", " 1", "1 ", "", "0.0000", "00000000", "1234567.1234"}
+	for i := 0; i < 20000; i++ {
+		w := fmt.Sprint(rng.Int63n(10_000_000))
+		switch rng.Intn(3) {
+		case 0:
+			inputs = append(inputs, w)
+		default:
+			f := fmt.Sprint(rng.Int63n(100_000))
+			inputs = append(inputs, w+"."+f[:1+rng.Intn(len(f))])
+		}
+	}
+	for _, in := range inputs {
+		got, gerr := ParsePrice("price", in)
+		// The slow path alone: what ParsePrice did before the fast path.
+		var want decimal.Decimal
+		var werr error
+		if !priceRe.MatchString(in) {
+			werr = fmt.Errorf("bad")
+		} else if d, err := decimal.NewFromString(in); err != nil || !d.IsPositive() || d.GreaterThan(MaxPrice) {
+			werr = fmt.Errorf("bad")
+		} else {
+			want = d
+		}
+		if (gerr == nil) != (werr == nil) {
+			t.Fatalf("ParsePrice(%q) = %v, %v; the slow path says %v", in, got, gerr, werr)
+		}
+		if gerr != nil {
+			continue
+		}
+		if got.Exponent() != want.Exponent() || got.CoefficientInt64() != want.CoefficientInt64() {
+			t.Fatalf("ParsePrice(%q) = %s (exp %d), NewFromString gives %s (exp %d)", in, got, got.Exponent(), want, want.Exponent())
+		}
+		ticks, ok := PriceTicks(got)
+		if !ok {
+			t.Fatalf("PriceTicks(%s) failed", got)
+		}
+		if s := TicksString(ticks); s != got.String() {
+			t.Fatalf("TicksString(%d) = %q, decimal says %q", ticks, s, got.String())
+		}
+		slow := got.String()
+		if got.Equal(got.Round(AmountScale)) {
+			slow = got.StringFixed(AmountScale)
+		}
+		if s := FormatPrice(got); s != slow {
+			t.Fatalf("FormatPrice(%s) = %q, want %q", got, s, slow)
+		}
 	}
 }
