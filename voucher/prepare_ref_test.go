@@ -52,14 +52,14 @@ func prepareRef(r Rules, now time.Time, sme market.Account, class market.Resourc
 		default:
 			cc = cf.IntPart()
 		}
-		out = append(out, Compiled{Index: i, VoucherID: gr.Voucher.ID, ProgramID: gr.Program.ID, ExpiresAt: gr.Voucher.ExpiresAt,
-			RateBP: bp, CapCents: cc, Regions: gr.Program.Regions, Providers: gr.Program.Providers})
+		out = append(out, Compiled{Index: i, RateBP: bp, CapCents: cc, Regions: gr.Program.Regions, Providers: gr.Program.Providers})
 	}
 	slices.SortStableFunc(out, func(a, b Compiled) int {
-		if c := a.ExpiresAt.Compare(b.ExpiresAt); c != 0 {
+		va, vb := &grants[a.Index].Voucher, &grants[b.Index].Voucher
+		if c := va.ExpiresAt.Compare(vb.ExpiresAt); c != 0 {
 			return c
 		}
-		return strings.Compare(a.VoucherID, b.VoucherID)
+		return strings.Compare(va.ID, vb.ID)
 	})
 	return out, true
 }

@@ -14,9 +14,7 @@ import (
 // that does not depend on the offer has been checked, and the discount of a
 // gross of g cents is min(floor(RateBP × g / 10⁴), CapCents, g).
 type Compiled struct {
-	Index                int // position in the grants given to Prepare
-	VoucherID, ProgramID string
-	ExpiresAt            time.Time
+	Index int // position in the grants given to Prepare: the voucher and programme
 	// RateBP is the programme rate (Rate) in 0.0001, at most 10⁴.
 	RateBP int64
 	// CapCents is floor(min(per_order_cap when set, available, capLeft,
@@ -74,11 +72,10 @@ func (r Rules) Prepare(p *Prepared, now time.Time, sme market.Account, class mar
 			c = min(c, floorCents(gr.Program.PerOrderCap))
 		}
 		p.grants = append(p.grants, Compiled{
-			Index: i, VoucherID: gr.Voucher.ID, ProgramID: gr.Program.ID, ExpiresAt: gr.Voucher.ExpiresAt,
-			RateBP: bp, CapCents: c, Regions: gr.Program.Regions, Providers: gr.Program.Providers,
+			Index: i, RateBP: bp, CapCents: c, Regions: gr.Program.Regions, Providers: gr.Program.Providers,
 		})
 	}
-	p.order()
+	p.order(grants)
 	return true
 }
 
@@ -94,22 +91,32 @@ func (p *Prepared) begin(r Rules, sme market.Account, class market.ResourceClass
 	}
 }
 
-// order puts the compiled grants in choice order (expiry, then voucher
-// id): an insertion sort, stable, as a request holds few grants.
-func (p *Prepared) order() {
+// order puts the grants compiled from grants in choice order (expiry, then
+// voucher id): an insertion sort, stable, as a request holds few grants.
+func (p *Prepared) order(grants []Grant) {
 	for i := 1; i < len(p.grants); i++ {
-		for j := i; j > 0 && choiceBefore(&p.grants[j], &p.grants[j-1]); j-- {
+		for j := i; j > 0 && choiceBefore(&grants[p.grants[j].Index].Voucher, &grants[p.grants[j-1].Index].Voucher); j-- {
 			p.grants[j], p.grants[j-1] = p.grants[j-1], p.grants[j]
 		}
 	}
 }
 
-// choiceBefore orders compiled grants by expiry, then voucher id.
-func choiceBefore(a, b *Compiled) bool {
+// orderByRank is order for grants compiled from terms, whose ranks are
+// that order.
+func (p *Prepared) orderByRank(terms []Terms) {
+	for i := 1; i < len(p.grants); i++ {
+		for j := i; j > 0 && terms[p.grants[j].Index].rank < terms[p.grants[j-1].Index].rank; j-- {
+			p.grants[j], p.grants[j-1] = p.grants[j-1], p.grants[j]
+		}
+	}
+}
+
+// choiceBefore orders vouchers by expiry, then id.
+func choiceBefore(a, b *market.Voucher) bool {
 	if c := a.ExpiresAt.Compare(b.ExpiresAt); c != 0 {
 		return c < 0
 	}
-	return a.VoucherID < b.VoucherID
+	return a.ID < b.ID
 }
 
 // offerFree runs the checks of Applies that do not depend on the offer.

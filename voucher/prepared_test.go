@@ -5,6 +5,7 @@ import (
 	"math/big"
 	"math/rand"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 
@@ -248,5 +249,58 @@ func TestPrepareTermsRefusesInexactRates(t *testing.T) {
 	// Terms that do not match the grants one for one are ignored.
 	if !rules.PrepareTerms(&p, t0, sme(), plain, grants, nil) || len(p.Grants()) != 1 {
 		t.Fatal("without terms")
+	}
+}
+
+// TestPrepareTermsTimes: the terms' validity window in nanoseconds keeps
+// Prepare's answer for times at and around the edges, times too far out
+// for nanoseconds, times with monotonic readings (which Before and After
+// compare by when both sides have one), scoped grants and rates outside
+// the terms' int16 range.
+func TestPrepareTermsTimes(t *testing.T) {
+	rng := rand.New(rand.NewSource(11))
+	mono := time.Now()
+	bases := []time.Time{t0, mono, mono.Round(0), time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC), time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC), {}}
+	at := func() time.Time {
+		b := bases[rng.Intn(len(bases))]
+		return b.Add(time.Duration(rng.Intn(5)-2) * []time.Duration{1, time.Second, time.Hour}[rng.Intn(3)])
+	}
+	rules := DefaultRules()
+	var p, pt Prepared
+	kept := 0
+	for n := 0; n < 20000; n++ {
+		now := at()
+		if rng.Intn(3) == 0 {
+			now = bases[rng.Intn(len(bases))]
+		}
+		var grants []Grant
+		for i, k := 0, rng.Intn(4); i < k; i++ {
+			g := grant()
+			g.Voucher.ID = []string{"va", "vb", "vc"}[rng.Intn(3)]
+			g.Voucher.ExpiresAt, g.Program.ValidFrom, g.Program.ValidTo = at(), at(), at()
+			if rng.Intn(3) == 0 {
+				g.Program.ValidFrom = time.Time{}
+			}
+			if rng.Intn(4) == 0 {
+				g.Program.ResourceClasses = []string{"gpu.h100-80g"}
+			}
+			if rng.Intn(4) == 0 {
+				g.Program.Regions = []string{"cn-east"}
+			}
+			if rng.Intn(6) == 0 {
+				g.Program.Rate = d([]string{"-4", "-1e30", "0", "2"}[rng.Intn(4)])
+			}
+			grants = append(grants, g)
+		}
+		class := market.ResourceClass{ID: []string{"gpu.h100-80g", "gpu.910b-64g"}[rng.Intn(2)], Domestic: rng.Intn(2) == 0}
+		ok := rules.Prepare(&p, now, sme(), class, grants)
+		okT := rules.PrepareTerms(&pt, now, sme(), class, grants, TermsOf(grants))
+		if ok != okT || ok && !reflect.DeepEqual(slices.Clip(p.Grants()), slices.Clip(pt.Grants())) && len(p.Grants())+len(pt.Grants()) > 0 {
+			t.Fatalf("case %d at %v: from grants %v %+v, from terms %v %+v", n, now, ok, p.Grants(), okT, pt.Grants())
+		}
+		kept += len(p.Grants())
+	}
+	if kept < 2000 {
+		t.Fatalf("only %d grants kept", kept)
 	}
 }

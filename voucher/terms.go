@@ -2,6 +2,8 @@ package voucher
 
 import (
 	"math"
+	"slices"
+	"strings"
 	"time"
 
 	"computebroker/market"
@@ -12,18 +14,57 @@ import (
 // integers already); Prepare then reads one compact array instead of a
 // voucher, a programme and a dozen decimals per grant spread over memory.
 // Prepare gives the same result with or without them
-// (TestPreparedChooseEqualsChoose).
+// (TestPreparedChooseEqualsChoose, TestPrepareTermsTimes).
+//
+// A Terms is one cache line: what Prepare checks and compiles of a grant
+// that is not scoped to classes, regions or providers, with the validity
+// window in nanoseconds; the rest (scope lists, exact times, rates out of
+// the int16 range) is behind cold, read only when a flag says so.
 type Terms struct {
-	holderID, voucherProgramID, programID, voucherID string
-	expiresAt, validFrom, validTo                    time.Time
-	classes, regions, providers                      []string
-	// rateBP[k] is the applicable rate in 0.0001 for k = domestic | startup<<1,
-	// limited to 10⁴; bit k of rateOK is set when that rate is exact in
-	// 0.0001 (else Prepare refuses, as on the decimal path).
-	rateBP   [4]int64
-	capCents int64 // min(floor(per-order cap when set), floor(available), floor(capLeft), floor(budgetLeft))
-	rateOK   uint8
-	funded   bool // available, capLeft and budgetLeft all positive
+	holderID string
+	// from is validFrom and until min(expiresAt, validTo) in Unix
+	// nanoseconds, when termsWall is set: the grant is valid at now when
+	// from ≤ now < until.
+	from, until int64
+	capCents    int64    // min(floor(per-order cap when set), floor(available), floor(capLeft), floor(budgetLeft))
+	rateBP      [4]int16 // the applicable rate in 0.0001 for k = domestic | startup<<1, unless bit k of rateCold
+	cold        *termsCold
+	rank        int32 // position in choice order (expiry, then voucher id) among the terms made together
+	// Bit k of rateOK is set when rate k is exact in 0.0001 (else Prepare
+	// refuses, as on the decimal path); bit k of rateCold when it is
+	// cold.rateBP[k] (outside the int16 range).
+	rateOK, rateCold uint8
+	flags            uint8
+}
+
+// Terms flags.
+const (
+	termsUsable  uint8 = 1 << iota // funded, and the voucher's programme is the programme's
+	termsWall                      // from and until hold the window (no monotonic reading, in range)
+	termsClasses                   // scoped to classes: see cold.classes
+	termsScoped                    // scoped to regions or providers: see cold
+)
+
+// termsCold is the part of a Terms read only for scoped grants, exact
+// times and large rates.
+type termsCold struct {
+	expiresAt, validFrom, validTo time.Time
+	classes, regions, providers   []string
+	rateBP                        [4]int64
+}
+
+// wallNanos returns t in Unix nanoseconds when t has no monotonic reading
+// and that many nanoseconds fit an int64: times then compare as their
+// nanoseconds do.
+func wallNanos(t time.Time) (int64, bool) {
+	const lim = math.MaxInt64/1_000_000_000 - 1
+	if t != t.Round(0) {
+		return 0, false // a monotonic reading: Before and After may use it
+	}
+	if s := t.Unix(); s < -lim || s > lim {
+		return 0, false
+	}
+	return t.UnixNano(), true
 }
 
 // TermsOf returns the integer terms of grants, in the same order. The
@@ -33,39 +74,76 @@ func TermsOf(grants []Grant) []Terms {
 	for i := range grants {
 		g := &grants[i]
 		t := &out[i]
-		*t = Terms{
-			holderID: g.Voucher.HolderID, voucherProgramID: g.Voucher.ProgramID, programID: g.Program.ID, voucherID: g.Voucher.ID,
-			expiresAt: g.Voucher.ExpiresAt, validFrom: g.Program.ValidFrom, validTo: g.Program.ValidTo,
-			classes: g.Program.ResourceClasses, regions: g.Program.Regions, providers: g.Program.Providers,
-			funded: g.Available.IsPositive() && g.CapLeft.IsPositive() && g.BudgetLeft.IsPositive(),
+		c := &termsCold{expiresAt: g.Voucher.ExpiresAt, validFrom: g.Program.ValidFrom, validTo: g.Program.ValidTo,
+			classes: g.Program.ResourceClasses, regions: g.Program.Regions, providers: g.Program.Providers}
+		*t = Terms{holderID: g.Voucher.HolderID, cold: c}
+		if g.Available.IsPositive() && g.CapLeft.IsPositive() && g.BudgetLeft.IsPositive() &&
+			!(g.Voucher.ProgramID != "" && g.Program.ID != "" && g.Voucher.ProgramID != g.Program.ID) {
+			t.flags |= termsUsable
+		}
+		from, ok1 := wallNanos(c.validFrom)
+		exp, ok2 := wallNanos(c.expiresAt)
+		to, ok3 := wallNanos(c.validTo)
+		if ok1 && ok2 && ok3 {
+			t.flags |= termsWall
+			t.from, t.until = from, min(exp, to)
+		}
+		if len(c.classes) > 0 {
+			t.flags |= termsClasses
+		}
+		if len(c.regions) > 0 || len(c.providers) > 0 {
+			t.flags |= termsScoped
 		}
 		for k := range t.rateBP {
 			bp, exact, clamped := FloorScaled(rate(&g.Program, k&1 != 0, k&2 != 0), 4)
 			if exact || clamped {
 				t.rateOK |= 1 << k
 			}
-			t.rateBP[k] = min(max(bp, math.MinInt64/2), 10_000)
+			bp = min(max(bp, math.MinInt64/2), 10_000)
+			c.rateBP[k] = bp
+			if bp >= math.MinInt16 {
+				t.rateBP[k] = int16(bp)
+			} else {
+				t.rateCold |= 1 << k
+			}
 		}
 		t.capCents = min(floorCents(g.Available), floorCents(g.CapLeft), floorCents(g.BudgetLeft))
 		if g.Program.PerOrderCap.IsPositive() {
 			t.capCents = min(t.capCents, floorCents(g.Program.PerOrderCap))
 		}
 	}
+	// Rank the terms in choice order once, so that Prepare orders the
+	// grants it keeps without reading their expiry or voucher id.
+	idx := make([]int, len(grants))
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortStableFunc(idx, func(a, b int) int {
+		if c := grants[a].Voucher.ExpiresAt.Compare(grants[b].Voucher.ExpiresAt); c != 0 {
+			return c
+		}
+		return strings.Compare(grants[a].Voucher.ID, grants[b].Voucher.ID)
+	})
+	for r, i := range idx {
+		out[i].rank = int32(r)
+	}
 	return out
 }
 
-// free is offerFree on the terms.
-func (t *Terms) free(now time.Time, smeID, classID string) bool {
-	switch {
-	case t.holderID != "" && smeID != "" && t.holderID != smeID,
-		t.voucherProgramID != "" && t.programID != "" && t.voucherProgramID != t.programID,
-		!t.expiresAt.After(now) || !now.Before(t.validTo),
-		now.Before(t.validFrom),
-		!inScope(t.classes, classID),
-		!t.funded:
+// free is offerFree on the terms; nowNs is now in Unix nanoseconds, valid
+// when nowWall is set (see wallNanos).
+func (t *Terms) free(now time.Time, nowNs int64, nowWall bool, smeID, classID string) bool {
+	if t.flags&termsUsable == 0 || t.holderID != "" && smeID != "" && t.holderID != smeID {
 		return false
 	}
-	return true
+	if t.flags&termsWall != 0 && nowWall {
+		if nowNs < t.from || nowNs >= t.until {
+			return false
+		}
+	} else if c := t.cold; !c.expiresAt.After(now) || !now.Before(c.validTo) || now.Before(c.validFrom) {
+		return false
+	}
+	return t.flags&termsClasses == 0 || inScope(t.cold.classes, classID)
 }
 
 // PrepareTerms is Prepare with the grants' terms from TermsOf (ignored
@@ -82,19 +160,25 @@ func (r Rules) PrepareTerms(p *Prepared, now time.Time, sme market.Account, clas
 	if sme.Startup {
 		k |= 2
 	}
+	// A monotonic reading of now is not used against times that have none.
+	nowNs, nowWall := wallNanos(now.Round(0))
 	for i := range terms {
 		t := &terms[i]
-		if !t.free(now, sme.ID, class.ID) {
+		if !t.free(now, nowNs, nowWall, sme.ID, class.ID) {
 			continue
 		}
 		if t.rateOK&(1<<k) == 0 {
 			return false
 		}
-		p.grants = append(p.grants, Compiled{
-			Index: i, VoucherID: t.voucherID, ProgramID: t.programID, ExpiresAt: t.expiresAt,
-			RateBP: t.rateBP[k], CapCents: t.capCents, Regions: t.regions, Providers: t.providers,
-		})
+		c := Compiled{Index: i, RateBP: int64(t.rateBP[k]), CapCents: t.capCents}
+		if t.rateCold&(1<<k) != 0 {
+			c.RateBP = t.cold.rateBP[k]
+		}
+		if t.flags&termsScoped != 0 {
+			c.Regions, c.Providers = t.cold.regions, t.cold.providers
+		}
+		p.grants = append(p.grants, c)
 	}
-	p.order()
+	p.orderByRank(terms)
 	return true
 }
