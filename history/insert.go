@@ -19,8 +19,10 @@ const tradeColumns = "id, order_id, lease_id, offer_id, provider_id, sme_id, res
 var (
 	// maxPriceCol and maxAmountCol are the exclusive bounds of the
 	// Decimal(18,6) and Decimal(18,2) columns.
-	maxPriceCol  = decimal.New(1, 12)
-	maxAmountCol = decimal.New(1, 16)
+	maxPriceCol = decimal.New(1, 12)
+	// maxPriceTicks is maxPriceCol in market price ticks.
+	maxPriceTicks = int64(1e12 * market.TicksPerCNY)
+	maxAmountCol  = decimal.New(1, 16)
 	// DateTime holds whole seconds from 1970 up to early 2106.
 	minTS = time.Unix(0, 0)
 	maxTS = time.Unix(1<<32-1, 0)
@@ -347,6 +349,11 @@ func checkTick(t *market.Tick) error {
 	}
 	if err := checkTS(t.TS); err != nil {
 		return market.Invalid("history: tick of %s: %s", t.OfferID, err.Message)
+	}
+	// A price PriceTicks takes (≤ 4 places, below 2^62 ticks) fits at once;
+	// only others go through the big.Int comparison.
+	if ticks, ok := market.PriceTicks(t.Price); ok && ticks < maxPriceTicks {
+		return nil
 	}
 	if !fits(t.Price, 6, maxPriceCol) {
 		return market.Invalid("history: tick of %s: price %s does not fit Decimal(18,6)", t.OfferID, t.Price)
