@@ -322,11 +322,13 @@ func (s *Scratch) prepare(req *Request, limit int) bool {
 	}
 	s.uh = req.Job.Units * req.Job.Hours
 	if req.Job.UseVouchers && len(req.Grants) > 0 {
-		cl := req.Class
+		cl := &req.Class
 		if cl.ID == "" {
-			cl.ID = s.q.class
+			c := *cl
+			c.ID = s.q.class
+			cl = &c
 		}
-		if !req.Rules.PrepareTerms(&s.prep, req.Now, req.SME, cl, req.Grants, req.Terms) {
+		if !req.Rules.PrepareTerms(&s.prep, req.Now, &req.SME, cl, req.Grants, req.Terms) {
 			return false
 		}
 		s.vouchers = len(s.prep.Grants()) > 0

@@ -35,13 +35,12 @@ func (c *Compiled) MaxDiscountCents(gross int64) int64 {
 // without allocating once its buffer is large enough. Not safe for
 // concurrent use.
 type Prepared struct {
-	grants []Compiled // applicable-so-far grants, by (ExpiresAt, VoucherID)
-	sme    market.Account
-	rules  Rules
-	guardC uint64 // guard ratio coefficient, 0 when not representable
-	guardE int32
-	class  market.ResourceClass
-	smeSig uint64 // KeysSig of the SME's related-party keys, 0 until needed
+	grants  []Compiled // applicable-so-far grants, by (ExpiresAt, VoucherID)
+	smeKeys []string   // the SME's related-party keys
+	guard   decimal.Decimal
+	guardC  uint64 // guard ratio coefficient, 0 when not representable
+	guardE  int32
+	smeSig  uint64 // KeysSig of the SME's related-party keys, 0 until needed
 }
 
 // Grants returns the compiled grants in choice order (expires first, then
@@ -55,7 +54,7 @@ func (p *Prepared) Grants() []Compiled { return p.grants }
 // cannot be held exactly in integers (a rate with more than four decimal
 // places): the caller must then use the decimal rules.
 func (r Rules) Prepare(p *Prepared, now time.Time, sme market.Account, class market.ResourceClass, grants []Grant) (ok bool) {
-	p.begin(r, sme, class)
+	p.begin(r, sme.RelatedPartyKeys)
 	for i := range grants {
 		gr := &grants[i]
 		if !offerFree(now, sme.ID, class.ID, gr) {
@@ -79,12 +78,14 @@ func (r Rules) Prepare(p *Prepared, now time.Time, sme market.Account, class mar
 	return true
 }
 
-// begin resets p for a request.
-func (p *Prepared) begin(r Rules, sme market.Account, class market.ResourceClass) {
+// begin resets p for a request of an SME with the related-party keys
+// smeKeys.
+func (p *Prepared) begin(r Rules, smeKeys []string) {
 	p.grants = p.grants[:0]
-	p.sme, p.rules, p.class = sme, r, class
+	p.smeKeys = smeKeys
 	p.smeSig = 0 // taken when first needed
 	g := r.guard()
+	p.guard = g
 	p.guardC, p.guardE = 0, g.Exponent()
 	if g.NumDigits() <= 18 {
 		p.guardC = uint64(g.CoefficientInt64())
@@ -193,12 +194,12 @@ func KeysSig(keys []string) uint64 {
 // related-party key.
 func (p *Prepared) related(t *Target) bool {
 	if t.ProviderSig != 0 && p.smeSig == 0 {
-		p.smeSig = KeysSig(p.sme.RelatedPartyKeys)
+		p.smeSig = KeysSig(p.smeKeys)
 	}
 	if t.ProviderSig != 0 && t.ProviderSig&p.smeSig&^sigKnown == 0 {
 		return false
 	}
-	for _, k := range p.sme.RelatedPartyKeys {
+	for _, k := range p.smeKeys {
 		for _, l := range t.Provider.RelatedPartyKeys {
 			if k == l {
 				return true
@@ -302,14 +303,14 @@ func (p *Prepared) aboveDecimal(priceTicks int64, ref decimal.Decimal) bool {
 	if ref.NumDigits() <= 18 {
 		return p.above(priceTicks, uint64(ref.CoefficientInt64()), ref.Exponent())
 	}
-	return market.TicksPrice(priceTicks).GreaterThan(ref.Mul(p.rules.guard()))
+	return market.TicksPrice(priceTicks).GreaterThan(ref.Mul(p.guard))
 }
 
 // above reports whether priceTicks > refC × 10^refE × G (refC > 0):
 // price > ref × G ⇔ ticks > floor(ref × G × 10⁴), ticks being whole.
 func (p *Prepared) above(priceTicks int64, refC uint64, refE int32) bool {
 	if p.guardC == 0 {
-		return market.TicksPrice(priceTicks).GreaterThan(decimal.New(int64(refC), refE).Mul(p.rules.guard()))
+		return market.TicksPrice(priceTicks).GreaterThan(decimal.New(int64(refC), refE).Mul(p.guard))
 	}
 	hi, lo := bits.Mul64(refC, p.guardC)
 	e := int(refE) + int(p.guardE) + market.PriceScale

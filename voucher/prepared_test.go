@@ -84,7 +84,7 @@ func TestPreparedChooseEqualsChoose(t *testing.T) {
 			t.Fatal("Prepare refused representable grants")
 		}
 		// From the integer terms: the same compiled grants.
-		if !rules.PrepareTerms(&pt, t0, s, class, grants, TermsOf(grants)) || !reflect.DeepEqual(p.Grants(), pt.Grants()) {
+		if !rules.PrepareTerms(&pt, t0, &s, &class, grants, TermsOf(grants)) || !reflect.DeepEqual(p.Grants(), pt.Grants()) {
 			t.Fatalf("case %d: from terms %+v, from grants %+v", n, pt.Grants(), p.Grants())
 		}
 		ticks, _ := market.PriceTicks(o.Price)
@@ -240,14 +240,14 @@ func TestPrepareTermsRefusesInexactRates(t *testing.T) {
 	rules := DefaultRules()
 	domestic := market.ResourceClass{ID: "gpu.h100-80g", Domestic: true}
 	plain := market.ResourceClass{ID: "gpu.h100-80g"}
-	if rules.Prepare(&p, t0, sme(), domestic, grants) || rules.PrepareTerms(&p, t0, sme(), domestic, grants, TermsOf(grants)) {
+	if rules.Prepare(&p, t0, sme(), domestic, grants) || rules.PrepareTerms(&p, t0, ptr(sme()), &domestic, grants, TermsOf(grants)) {
 		t.Fatal("an inexact domestic rate was compiled")
 	}
-	if !rules.PrepareTerms(&p, t0, sme(), plain, grants, TermsOf(grants)) || len(p.Grants()) != 1 {
+	if !rules.PrepareTerms(&p, t0, ptr(sme()), &plain, grants, TermsOf(grants)) || len(p.Grants()) != 1 {
 		t.Fatal("the exact base rate was refused")
 	}
 	// Terms that do not match the grants one for one are ignored.
-	if !rules.PrepareTerms(&p, t0, sme(), plain, grants, nil) || len(p.Grants()) != 1 {
+	if !rules.PrepareTerms(&p, t0, ptr(sme()), &plain, grants, nil) || len(p.Grants()) != 1 {
 		t.Fatal("without terms")
 	}
 }
@@ -294,7 +294,7 @@ func TestPrepareTermsTimes(t *testing.T) {
 		}
 		class := market.ResourceClass{ID: []string{"gpu.h100-80g", "gpu.910b-64g"}[rng.Intn(2)], Domestic: rng.Intn(2) == 0}
 		ok := rules.Prepare(&p, now, sme(), class, grants)
-		okT := rules.PrepareTerms(&pt, now, sme(), class, grants, TermsOf(grants))
+		okT := rules.PrepareTerms(&pt, now, ptr(sme()), &class, grants, TermsOf(grants))
 		if ok != okT || ok && !reflect.DeepEqual(slices.Clip(p.Grants()), slices.Clip(pt.Grants())) && len(p.Grants())+len(pt.Grants()) > 0 {
 			t.Fatalf("case %d at %v: from grants %v %+v, from terms %v %+v", n, now, ok, p.Grants(), okT, pt.Grants())
 		}
@@ -304,3 +304,5 @@ func TestPrepareTermsTimes(t *testing.T) {
 		t.Fatalf("only %d grants kept", kept)
 	}
 }
+
+func ptr[T any](v T) *T { return &v }

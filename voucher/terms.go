@@ -147,12 +147,13 @@ func (t *Terms) free(now time.Time, nowNs int64, nowWall bool, smeID, classID st
 }
 
 // PrepareTerms is Prepare with the grants' terms from TermsOf (ignored
-// unless there is one per grant).
-func (r Rules) PrepareTerms(p *Prepared, now time.Time, sme market.Account, class market.ResourceClass, grants []Grant, terms []Terms) (ok bool) {
+// unless there is one per grant). It reads of sme and class only what it
+// needs.
+func (r Rules) PrepareTerms(p *Prepared, now time.Time, sme *market.Account, class *market.ResourceClass, grants []Grant, terms []Terms) (ok bool) {
 	if len(terms) != len(grants) {
-		return r.Prepare(p, now, sme, class, grants)
+		return r.Prepare(p, now, *sme, *class, grants)
 	}
-	p.begin(r, sme, class)
+	p.begin(r, sme.RelatedPartyKeys)
 	k := 0
 	if class.Domestic {
 		k |= 1
