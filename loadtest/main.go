@@ -51,6 +51,7 @@ type config struct {
 	seed        uint64
 	jsonOut     bool
 	workers     int
+	reader      string
 }
 
 func main() {
@@ -101,6 +102,7 @@ func parseFlags(args []string) (config, error) {
 	fs.Uint64Var(&c.seed, "seed", 1, "seed for prices")
 	fs.BoolVar(&c.jsonOut, "json", false, "print the report as JSON")
 	fs.IntVar(&c.workers, "seed-workers", 16, "concurrent REST calls while seeding")
+	fs.StringVar(&c.reader, "reader", "epoll", "how the market streams are read: epoll (one loop over non-blocking sockets, Linux) or go (a goroutine per stream, gorilla/websocket)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -143,6 +145,8 @@ func parseFlags(args []string) (config, error) {
 		return c, errors.New("--subscribers and --idle must be in [0, 50000]")
 	case c.filter != "market" && c.filter != "class" && c.filter != "all":
 		return c, errors.New("--filter must be market, class or all")
+	case c.reader != "epoll" && c.reader != "go":
+		return c, errors.New("--reader must be epoll or go")
 	case c.sourceIPs < 0 || c.sourceIPs > 250:
 		return c, errors.New("--source-ips must be in [0, 250]")
 	}

@@ -82,14 +82,23 @@ func run(ctx context.Context, cfg config) (*report, error) {
 	subs := &subTotals{}
 	var conns []*websocket.Conn
 	var connsMu sync.Mutex
+	var reader *epollReader
+	if cfg.reader == "epoll" {
+		if reader, err = newEpollReader(); err != nil {
+			return nil, err
+		}
+	}
 	defer func() { // every stream is closed whatever happens
 		connsMu.Lock()
 		defer connsMu.Unlock()
 		closeAll(conns)
+		if reader != nil {
+			reader.closeAll()
+		}
 	}()
 	connect := func(n, offset int, active bool, query func(i int) string) (int64, error) {
 		before := subs.connected.Load()
-		cs, snaps := connectSubscribers(ctx, cfg, n, offset, active, query, fx, times, meas, hist, subs)
+		cs, snaps := connectSubscribers(ctx, cfg, reader, n, offset, active, query, fx, times, meas, hist, subs)
 		connsMu.Lock()
 		conns = append(conns, cs...)
 		connsMu.Unlock()
@@ -269,9 +278,10 @@ loop:
 
 // connectSubscribers opens n market streams, 64 dials at a time, spread
 // over the URLs and the loopback source addresses, and starts their
-// readers. It returns the connections and, per subscriber, a channel
+// readers (reader's loop, or a goroutine each when reader is nil). It
+// returns the goroutine-read connections and, per subscriber, a channel
 // closed at its first snapshot.
-func connectSubscribers(ctx context.Context, cfg config, n, offset int, active bool, query func(int) string,
+func connectSubscribers(ctx context.Context, cfg config, reader *epollReader, n, offset int, active bool, query func(int) string,
 	fx *fixture, times *sendTimes, meas *window, hist *histogram, totals *subTotals) ([]*websocket.Conn, []chan struct{}) {
 	var mu sync.Mutex
 	var conns []*websocket.Conn
@@ -284,7 +294,31 @@ func connectSubscribers(ctx context.Context, cfg config, n, offset int, active b
 			defer wg.Done()
 			for i := range jobs {
 				base := cfg.urls[i%len(cfg.urls)]
-				ws, err := dialSubscriber(ctx, base, query(i), sourceAddr(base, offset+i, cfg.sourceIPs))
+				s := &subscriber{active: active, fx: fx, times: times, meas: meas, hist: hist, totals: totals, snap: make(chan struct{}),
+					shard: uint32(offset + i)}
+				local := sourceAddr(base, offset+i, cfg.sourceIPs)
+				var err error
+				if reader != nil {
+					var fd int
+					var leftover []byte
+					if fd, leftover, err = rawDial(ctx, base, "/api/v1/stream/market"+query(i), local); err == nil {
+						mu.Lock()
+						snaps = append(snaps, s.snap)
+						totals.add(s)
+						mu.Unlock()
+						if err = reader.add(fd, s, leftover); err != nil {
+							_ = closeFD(fd)
+							s.end(nil)
+						}
+					}
+				} else if s.ws, err = dialSubscriber(ctx, base, query(i), local); err == nil {
+					mu.Lock()
+					conns = append(conns, s.ws)
+					snaps = append(snaps, s.snap)
+					totals.add(s)
+					mu.Unlock()
+					go s.run()
+				}
 				if err != nil {
 					if totals.failed.Add(1) <= 3 {
 						logf("subscriber %d: %v", i, err)
@@ -292,14 +326,6 @@ func connectSubscribers(ctx context.Context, cfg config, n, offset int, active b
 					continue
 				}
 				totals.connected.Add(1)
-				s := &subscriber{ws: ws, active: active, fx: fx, times: times, meas: meas, hist: hist, totals: totals, snap: make(chan struct{}),
-					shard: uint32(offset + i)}
-				mu.Lock()
-				conns = append(conns, ws)
-				snaps = append(snaps, s.snap)
-				totals.add(s)
-				mu.Unlock()
-				go s.run()
 			}
 		}()
 	}

@@ -66,8 +66,9 @@ var (
 )
 
 // subscriber reads one market stream until its connection is closed. An
-// active one times every tick; an idle one only answers pings (which the
-// library does while reading).
+// active one times every tick; an idle one only answers pings. Its messages
+// come from its own goroutine (run, over gorilla/websocket) or from the
+// shared epoll reader (rawws_linux.go).
 type subscriber struct {
 	ws     *websocket.Conn
 	active bool
@@ -79,57 +80,72 @@ type subscriber struct {
 	snap   chan struct{} // closed at the first snapshot
 	shard  uint32        // histogram shard
 
+	seq       int64 // the last message's seq
+	snapshots int64 // snapshots received
+	over      bool  // the stream has ended
+
 	deliveries, deliveriesIn, unmatched atomic.Int64
 }
 
 func (s *subscriber) run() {
 	var buf []byte
-	var seq int64
-	first := true
 	for {
 		_, r, err := s.ws.NextReader()
 		if err != nil {
-			if first {
-				close(s.snap)
-			}
-			if !errors.Is(err, net.ErrClosed) && !websocket.IsCloseError(err, websocket.CloseNormalClosure, websocket.CloseGoingAway) {
-				s.totals.readErrors.Add(1)
-			}
+			s.end(err)
 			return
 		}
 		buf, err = readAll(r, buf[:0])
 		if err != nil {
-			s.totals.readErrors.Add(1)
+			s.end(err)
 			return
 		}
-		now := time.Now().UnixNano()
-		if n := seqOf(buf); n != seq+1 {
-			s.totals.seqErrors.Add(1) // seq must rise by one per message
-			seq = n
-		} else {
-			seq = n
-		}
-		switch {
-		case bytes.HasPrefix(buf, tickPrefix):
-			if s.active {
-				s.tick(buf, now)
-			}
-		case bytes.HasPrefix(buf, snapshotPrefix):
-			s.totals.snapshots.Add(1)
-			if first {
-				first = false
-				close(s.snap)
-			} else {
-				s.totals.resyncs.Add(1)
-			}
-		case bytes.HasPrefix(buf, removePrefix):
-			s.totals.removes.Add(1)
-		case bytes.HasPrefix(buf, tradePrefix):
-			s.totals.trades.Add(1)
-		}
+		s.message(buf, time.Now().UnixNano())
 		if cap(buf) > 8192 {
 			buf = nil // a large snapshot: do not keep its buffer
 		}
+	}
+}
+
+// message handles one message read at now (ns). It keeps nothing of b.
+func (s *subscriber) message(b []byte, now int64) {
+	if n := seqOf(b); n != s.seq+1 {
+		s.totals.seqErrors.Add(1) // seq must rise by one per message
+		s.seq = n
+	} else {
+		s.seq = n
+	}
+	switch {
+	case bytes.HasPrefix(b, tickPrefix):
+		if s.active {
+			s.tick(b, now)
+		}
+	case bytes.HasPrefix(b, snapshotPrefix):
+		s.totals.snapshots.Add(1)
+		if s.snapshots++; s.snapshots == 1 {
+			close(s.snap)
+		} else {
+			s.totals.resyncs.Add(1)
+		}
+	case bytes.HasPrefix(b, removePrefix):
+		s.totals.removes.Add(1)
+	case bytes.HasPrefix(b, tradePrefix):
+		s.totals.trades.Add(1)
+	}
+}
+
+// end records the end of the stream: err is what ended it (nil or a
+// normal close: not a read error).
+func (s *subscriber) end(err error) {
+	if s.over {
+		return
+	}
+	s.over = true
+	if s.snapshots == 0 {
+		close(s.snap)
+	}
+	if err != nil && !errors.Is(err, net.ErrClosed) && !websocket.IsCloseError(err, websocket.CloseNormalClosure, websocket.CloseGoingAway) {
+		s.totals.readErrors.Add(1)
 	}
 }
 
