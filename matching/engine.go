@@ -294,6 +294,7 @@ func (e *Engine) Match(req Request, limit int) Result {
 // read the outcome with s.Len, s.Pick, s.Rejected, or s.Result. req must
 // stay unchanged while s is read.
 func (e *Engine) Decide(req *Request, limit int, s *Scratch) int {
+	s.load(req)
 	s.snaps = e.snapshots(req, s.snaps)
 	return Decide(req, s.snaps, limit, s)
 }
