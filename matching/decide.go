@@ -183,7 +183,8 @@ func (s *Scratch) load(req *Request) {
 }
 
 // loadHeads reads the first offer of each of snaps, as load does the
-// request's parts: the scan meets them market after market.
+// request's parts: the scan would meet them market after market, after
+// preparing the request.
 func (s *Scratch) loadHeads(snaps []*Snapshot) {
 	var x uint64
 	for _, sn := range snaps {
@@ -404,6 +405,7 @@ func (s *Scratch) prepare(req *Request, limit int) bool {
 // whose programme rate has more than four decimal places, is decided on the
 // decimal path (Rank over the snapshots' offers), which allocates.
 func Decide(req *Request, snaps []*Snapshot, limit int, s *Scratch) int {
+	s.loadHeads(snaps) // their misses overlap with preparing the request
 	if !s.prepare(req, limit) {
 		s.cands = s.cands[:0]
 		for _, sn := range snaps {
@@ -546,9 +548,6 @@ func (s *Scratch) allBeyond(ticks int64) bool {
 // Decide describes.
 func (s *Scratch) scan(snaps []*Snapshot) {
 	s.curs = s.curs[:0]
-	if len(snaps) > 1 {
-		s.loadHeads(snaps)
-	}
 	for _, sn := range snaps {
 		if sn == nil || len(sn.hot) == 0 {
 			continue
