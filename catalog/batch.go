@@ -39,24 +39,26 @@ const maxBatch = 256
 //	"s" (checked): id, provider, price ("" = unchanged), index member,
 //	    units ("" = unchanged), full ("1": reply with the offer hash), now (ms)
 //	"p" (predicted price change): id, provider, price, index member, now,
-//	    expected version, new version, old index member, listed ("1"/"0"),
-//	    delta line, tick line
+//	    expected version, expected updated_at, new version, old index
+//	    member, listed ("1"/"0"), delta line, tick line
 //
 // A "p" update is brokerd's prediction of what the checked path would do to
-// an offer it knows (offerState): it applies only when the offer's version is
-// still the expected one. Every change of an offer bumps its version, so an
-// equal version means the offer is exactly as brokerd last saw it, and the
-// prediction is what the checks would have made. Otherwise it falls back to
-// the checked path in place, so the order of an offer's updates holds, and
-// so do the offer's later predictions in the batch (they assumed this one
-// applied; a refused fallback leaves the version where they expect it). On
-// Redis 7.0 each value crossing between Lua and Redis costs a few tenths of
-// a microsecond and each string built in Lua about as much, so the predicted
-// path reads one field and builds nothing (docs/BENCHMARKS.md).
+// an offer it knows (offerState): it applies only when the offer's version
+// and updated_at are still the expected ones. Every change of an offer bumps
+// its version and sets updated_at, so equal ones mean the offer is exactly
+// as brokerd last saw it, and the prediction is what the checks would have
+// made. (updated_at guards against a version that came round again, after a
+// Redis lost its last writes.) Otherwise it falls back to the checked path
+// in place, so the order of an offer's updates holds, and so do the offer's
+// later predictions in the batch (they assumed this one applied, so they
+// take the checked path too). On Redis 7.0 each value crossing between Lua
+// and Redis costs a few tenths of a microsecond and each string built in Lua
+// about as much, so the predicted path reads two fields and builds nothing
+// (docs/BENCHMARKS.md).
 //
 // The reply has one element per update: 1 (the prediction applied), "S",
-// version, price, units, free, price_at, listed and index member joined by
-// tabs (the checked path applied), the offer hash (full), or "E:<reason>"
+// version, price, units, free, price_at, listed, index member and
+// updated_at joined by tabs (the checked path applied), the offer hash (full), or "E:<reason>"
 // when the update was refused (nothing changed). A listed offer's change
 // goes to its market's change stream as one line of a "delta" entry: id,
 // version, price, units, free, price_at, updated_at, tab-separated; a price
@@ -85,18 +87,20 @@ for mi = 1, nm do
     local id, prov, price, member, units, full, now, r
     if ARGV[a + 1] == 'p' then
       id, prov, price, member, now, units, full = ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], '', '0'
-      if not fell[k] and redis.call('HGET', k, 'version') == ARGV[a + 7] then
-        redis.call('HSET', k, 'price', price, 'price_at', now, 'member', member, 'version', ARGV[a + 8], 'updated_at', now)
-        if ARGV[a + 10] == '1' then
-          move(ARGV[a + 9], member)
-          deltas[#deltas + 1] = ARGV[a + 11]
-          ticks[#ticks + 1] = ARGV[a + 12]
+      if not fell[k] then
+        local cur = redis.call('HMGET', k, 'version', 'updated_at')
+        if cur[1] == ARGV[a + 7] and cur[2] == ARGV[a + 8] then
+          redis.call('HSET', k, 'price', price, 'price_at', now, 'member', member, 'version', ARGV[a + 9], 'updated_at', now)
+          if ARGV[a + 11] == '1' then
+            move(ARGV[a + 10], member)
+            deltas[#deltas + 1] = ARGV[a + 12]
+            ticks[#ticks + 1] = ARGV[a + 13]
+          end
+          r = 1
         end
-        r = 1
-      else
-        fell[k] = true
       end
-      a = a + 12
+      if not r then fell[k] = true end
+      a = a + 13
     else
       id, prov, price, member, units, full, now = ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8]
       a = a + 8
@@ -135,7 +139,7 @@ for mi = 1, nm do
             deltas[#deltas + 1] = id .. '\t' .. v .. '\t' .. price .. '\t' .. nunits .. '\t' .. nfree .. '\t' .. pat .. '\t' .. now
           end
           if full == '1' then r = redis.call('HGETALL', k)
-          else r = 'S\t' .. v .. '\t' .. price .. '\t' .. nunits .. '\t' .. nfree .. '\t' .. pat .. '\t' .. o[6] .. '\t' .. member end
+          else r = 'S\t' .. v .. '\t' .. price .. '\t' .. nunits .. '\t' .. nfree .. '\t' .. pat .. '\t' .. o[6] .. '\t' .. member .. '\t' .. now end
         end
       end
     end
@@ -183,6 +187,7 @@ type offerState struct {
 	listed      bool
 	units, free int64
 	member      string
+	updatedAt   string // ms, as the hash holds it
 }
 
 // stateCache holds the offerStates of one batch shard.
@@ -364,7 +369,7 @@ func (s *Store) updateCall(us []OfferUpdate, markets []market.MarketKey, counts,
 			if st != nil && u.Price != nil && u.Units == nil && !u.Full && st.provider == u.ProviderID {
 				next := *st
 				next.version++
-				next.member = member
+				next.member, next.updatedAt = member, now
 				pred[k], batch[u.ID] = &next, &next
 				v := strconv.FormatInt(next.version, 10)
 				listed, delta, tick := "0", "", ""
@@ -375,7 +380,7 @@ func (s *Store) updateCall(us []OfferUpdate, markets []market.MarketKey, counts,
 					tick = u.ID + "\t" + u.ProviderID + "\t" + v + "\t" + price + "\t" + free + "\t" + now
 				}
 				args = append(args, "p", u.ID, u.ProviderID, price, member, now,
-					strconv.FormatInt(st.version, 10), v, st.member, listed, delta, tick)
+					strconv.FormatInt(st.version, 10), st.updatedAt, v, st.member, listed, delta, tick)
 				continue
 			}
 			batch[u.ID] = nil
@@ -455,16 +460,16 @@ func (s *Store) decodeUpdates(us []OfferUpdate, res []UpdateResult, idx []int, p
 // parseState reads the checked path's "S" reply: version, price, units,
 // free, price_at, listed and index member.
 func parseState(v, provider string) (offerState, error) {
-	var f [8]string
+	var f [9]string
 	if !splitFields(v, f[:]) {
 		return offerState{}, fmt.Errorf("catalog: update offer: malformed reply %q", v)
 	}
-	st := offerState{provider: provider, listed: f[6] == "1", member: f[7]}
+	st := offerState{provider: provider, listed: f[6] == "1", member: f[7], updatedAt: f[8]}
 	var e1, e2, e3 error
 	st.version, e1 = strconv.ParseInt(f[1], 10, 64)
 	st.units, e2 = strconv.ParseInt(f[3], 10, 64)
 	st.free, e3 = strconv.ParseInt(f[4], 10, 64)
-	if e1 != nil || e2 != nil || e3 != nil || st.member == "" {
+	if e1 != nil || e2 != nil || e3 != nil || st.member == "" || st.updatedAt == "" {
 		return offerState{}, fmt.Errorf("catalog: update offer: malformed reply %q", v)
 	}
 	return st, nil

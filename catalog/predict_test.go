@@ -229,3 +229,49 @@ func TestIndexMember(t *testing.T) {
 		}
 	}
 }
+
+// TestPredictionNeedsTheSameUpdatedAt: an offer whose version came round
+// again to the one brokerd knows, in another state (a Redis that lost its
+// last writes and was changed since), is not predicted on: the update takes
+// the checked path, and the index keeps one member for the offer.
+func TestPredictionNeedsTheSameUpdatedAt(t *testing.T) {
+	ctx := context.Background()
+	rdb, _ := historyRedis(t)
+	s := New(rdb)
+	m := market.MarketKey{Class: "gpu.h100-80g", Region: "cn-east"}
+	mustCreate(t, s, "o", "p", m, 16, "20.00", true)
+	at := time.UnixMilli(1_790_000_000_000)
+	for i, price := range []string{"19.00", "18.00"} {
+		if r := s.UpdateOffers(ctx, []OfferUpdate{{ID: "o", ProviderID: "p", Price: ptrPrice(price), Now: at.Add(time.Duration(i) * time.Second)}}); r[0].Err != nil {
+			t.Fatal(r[0].Err)
+		}
+	}
+	if applied, _ := s.Predictions(); applied != 1 {
+		t.Fatalf("predictions applied: %d, want 1", applied)
+	}
+	// Another state at the same version: other price, member, free units and
+	// updated_at, the index in step with it.
+	h := rdb.HGetAll(ctx, OfferKey(m, "o")).Val()
+	other := indexMember(170000, "o")
+	rdb.HSet(ctx, OfferKey(m, "o"), "price", "17", "member", other, "free", "3", "updated_at", "1790000000500")
+	rdb.ZRem(ctx, IndexKey(m), h["member"])
+	rdb.ZAdd(ctx, IndexKey(m), redis.Z{Member: other})
+
+	r := s.UpdateOffers(ctx, []OfferUpdate{{ID: "o", ProviderID: "p", Price: ptrPrice("16.00"), Now: at.Add(5 * time.Second)}})
+	if r[0].Err != nil {
+		t.Fatal(r[0].Err)
+	}
+	if _, stale := s.Predictions(); stale != 1 {
+		t.Fatalf("stale predictions: %d, want 1", stale)
+	}
+	if idx := rdb.ZRange(ctx, IndexKey(m), 0, -1).Val(); len(idx) != 1 || idx[0] != indexMember(160000, "o") {
+		t.Fatalf("index = %v", idx)
+	}
+	o, err := s.Offer(ctx, "o")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.UnitsFree != 3 || o.Price.String() != "16" || o.Version != r[0].Version {
+		t.Fatalf("offer after the update: %+v", o)
+	}
+}
