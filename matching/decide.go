@@ -773,8 +773,8 @@ func (s *Scratch) target(sl *slot) voucher.Target {
 // region scope takes its market (see regionMask), and keeps it if it is
 // among the best limit so far.
 func (s *Scratch) take(sn *Snapshot, i int, rm uint64) {
-	sl := &sn.slots[i]
-	s.price(sn, i, sn.Market.Region, rm, sl.ticks, sl.listTicks, sl.prov, sl.prov.sig, sl.prov.num)
+	w := &sn.warm[i] // what the provider record holds, without reading it
+	s.price(sn, i, sn.Market.Region, rm, sn.slots[i].ticks, w.list, w.prov, w.sig, w.num)
 }
 
 // price is take with the slot's price, list price, provider record, key
