@@ -364,8 +364,10 @@ func TestBatchesFailFastWhenRedisHangs(t *testing.T) {
 		}
 		mu.Unlock()
 	}()
-	rdb := redis.NewClient(&redis.Options{Addr: ln.Addr().String(), ReadTimeout: 300 * time.Millisecond,
-		WriteTimeout: 300 * time.Millisecond, MaxRetries: -1, PoolSize: 4})
+	// The timeouts outlast submitting the updates even on a busy machine, so
+	// every update is queued before the first batch fails.
+	rdb := redis.NewClient(&redis.Options{Addr: ln.Addr().String(), ReadTimeout: 2 * time.Second,
+		WriteTimeout: 2 * time.Second, MaxRetries: -1, PoolSize: 4})
 	defer rdb.Close()
 	s := New(rdb)
 	m := market.MarketKey{Class: "gpu.h100-80g", Region: "cn-east"}
