@@ -59,11 +59,11 @@ type Snapshot struct {
 }
 
 // warmSlot is what pricing an offer reads of its slot, two to a cache
-// line: the provider record, the list price in ticks (-1: not exact), and
-// the provider's key signature and number, so that pricing reads the
-// record only when the signatures meet.
+// line: the provider's account (in its record), the list price in ticks
+// (-1: not exact), and the provider's key signature and number, so that
+// pricing reads the record only when the signatures meet.
 type warmSlot struct {
-	prov *provider
+	acct *market.Account
 	list int64
 	sig  uint64
 	num  int32
@@ -74,9 +74,9 @@ type warmSlot struct {
 // read.
 type provHead struct {
 	start, end int32
-	first      uint64    // prov[start].key when the list is not empty
-	prov       *provider // the provider's record, when it is not empty
-	sig        uint64    // prov.sig, when it is not empty
+	first      uint64          // prov[start].key when the list is not empty
+	acct       *market.Account // the account in the provider's record, when it is not empty
+	sig        uint64          // the record's sig, when it is not empty
 }
 
 // provEntry is one offer in its provider's list: key is its price in ticks
@@ -364,7 +364,7 @@ func (b *Book) Publish() *Snapshot {
 	for i := range s.slots {
 		sl := &s.slots[i]
 		s.hot[i] = packHot(sl)
-		s.warm[i] = warmSlot{prov: sl.prov, list: sl.listTicks, sig: sl.prov.sig, num: sl.prov.num}
+		s.warm[i] = warmSlot{acct: &sl.prov.acct, list: sl.listTicks, sig: sl.prov.sig, num: sl.prov.num}
 		heads[sl.prov.num].end++
 	}
 	var at int32
@@ -377,7 +377,7 @@ func (b *Book) Publish() *Snapshot {
 		h := &heads[s.slots[i].prov.num]
 		e := provEntry{key: uint64(s.hot[i].ticks)<<provIndexBits | uint64(i), meta: s.hot[i].meta, list: s.slots[i].listTicks}
 		if h.end == h.start {
-			h.first, h.prov, h.sig = e.key, s.slots[i].prov, s.slots[i].prov.sig
+			h.first, h.acct, h.sig = e.key, &s.slots[i].prov.acct, s.slots[i].prov.sig
 		}
 		s.prov[h.end] = e
 		h.end++

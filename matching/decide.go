@@ -640,7 +640,7 @@ func (s *Scratch) run(c *cursor, next int64) {
 		}
 		if c.f.pass(h) && (!c.f.exact || s.certified(&slots[i])) {
 			w := &warm[i]
-			s.price(c.sn, i, c.sn.Market.Region, c.region, h.ticks, w.list, w.prov, w.sig, w.num)
+			s.price(c.sn, i, c.sn.Market.Region, c.region, h.ticks, w.list, w.acct, w.sig, w.num)
 			full = s.full()
 		}
 	}
@@ -712,7 +712,7 @@ func (s *Scratch) scanProvider(c *cursor, bound uint64, h *provHead, num int32) 
 		}
 		if c.f.pass(&hotSlot{meta: e.meta}) && (!c.f.exact || s.certified(&sn.slots[at])) {
 			// The entry and the head hold what pricing reads of the slot.
-			s.price(sn, at, region, c.region, ticks, e.list, h.prov, h.sig, num)
+			s.price(sn, at, region, c.region, ticks, e.list, h.acct, h.sig, num)
 		}
 	}
 	if k > k0 {
@@ -774,19 +774,19 @@ func (s *Scratch) target(sl *slot) voucher.Target {
 // among the best limit so far.
 func (s *Scratch) take(sn *Snapshot, i int, rm uint64) {
 	w := &sn.warm[i] // what the provider record holds, without reading it
-	s.price(sn, i, sn.Market.Region, rm, sn.slots[i].ticks, w.list, w.prov, w.sig, w.num)
+	s.price(sn, i, sn.Market.Region, rm, sn.slots[i].ticks, w.list, w.acct, w.sig, w.num)
 }
 
-// price is take with the slot's price, list price, provider record, key
+// price is take with the slot's price, list price, provider account, key
 // signature and number given: it reads the slot itself only for the
-// voucher guard's reference price, and the provider record only when the
-// signatures meet.
-func (s *Scratch) price(sn *Snapshot, at int, region string, rm uint64, ticks, listTicks int64, prov *provider, sig uint64, num int32) {
+// voucher guard's reference price, and the provider's account only when
+// the signatures meet.
+func (s *Scratch) price(sn *Snapshot, at int, region string, rm uint64, ticks, listTicks int64, acct *market.Account, sig uint64, num int32) {
 	sl := &sn.slots[at]
 	p := pick{s: sl, sn: sn, at: at, gross: grossCents(ticks, s.uh), grant: -1}
 	p.net = p.gross
 	if s.vouchers {
-		t := voucher.Target{Provider: &prov.acct, Region: region, PriceTicks: ticks, ListTicks: listTicks,
+		t := voucher.Target{Provider: acct, Region: region, PriceTicks: ticks, ListTicks: listTicks,
 			Ref: s.req.Reference, ProviderSig: sig}
 		if t.Ref != nil || listTicks < 0 {
 			t.Offer = &sl.it.Offer

@@ -113,7 +113,7 @@ func checkProviderLists(t *testing.T, sn *Snapshot) {
 			e := &list[k]
 			i := e.index()
 			if seen[i] || sn.slots[i].prov.num != int32(n) || e.meta != sn.hot[i].meta || int64(e.key>>provIndexBits) != sn.hot[i].ticks ||
-				k > 0 && list[k-1].key >= e.key || k == 0 && (sn.provHead[n].first != e.key || sn.provHead[n].sig != sn.slots[i].prov.sig) {
+				k > 0 && list[k-1].key >= e.key || k == 0 && (sn.provHead[n].first != e.key || sn.provHead[n].sig != sn.slots[i].prov.sig || sn.provHead[n].acct != &sn.slots[i].prov.acct) {
 				t.Fatalf("%s: provider %d entry %d wrong", sn.Market, n, k)
 			}
 			seen[i] = true
@@ -123,7 +123,7 @@ func checkProviderLists(t *testing.T, sn *Snapshot) {
 		if !ok {
 			t.Fatalf("%s: offer %d in no provider list", sn.Market, i)
 		}
-		if w, sl := sn.warm[i], &sn.slots[i]; w != (warmSlot{prov: sl.prov, list: sl.listTicks, sig: sl.prov.sig, num: sl.prov.num}) || sn.hot[i] != packHot(sl) {
+		if w, sl := sn.warm[i], &sn.slots[i]; w != (warmSlot{acct: &sl.prov.acct, list: sl.listTicks, sig: sl.prov.sig, num: sl.prov.num}) || sn.hot[i] != packHot(sl) {
 			t.Fatalf("%s: offer %d: packed copies differ from the slot", sn.Market, i)
 		}
 	}
