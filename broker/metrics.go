@@ -45,6 +45,12 @@ func (m *Metrics) RegisterGauge(name, help string, f func() float64) {
 	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f))
 }
 
+// RegisterCounter adds a counter read at scrape time from a value that only
+// grows (a *_total).
+func (m *Metrics) RegisterCounter(name, help string, f func() float64) {
+	m.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f))
+}
+
 func (m *Metrics) observe(route, method string, status int, d time.Duration) {
 	m.requests.WithLabelValues(route, method, strconv.Itoa(status)).Observe(d.Seconds())
 }
