@@ -196,8 +196,9 @@ type stateCache struct {
 	m  map[string]offerState
 }
 
-// maxStates bounds a shard's stateCache; past it the cache starts over.
-const maxStates = 1 << 20
+// maxStates bounds a shard's stateCache (about 150 bytes an offer); past it
+// the cache starts over and predictions resume as offers are updated again.
+const maxStates = 1 << 18
 
 func (s *Store) states(id string) *stateCache { return &s.stateCaches[batchShard(id)] }
 
@@ -484,7 +485,7 @@ func (s *Store) Predictions() (applied, stale int64) {
 func (s *Store) keepState(id string, st offerState) {
 	c := s.states(id)
 	c.mu.Lock()
-	if c.m == nil || len(c.m) >= maxStates {
+	if _, known := c.m[id]; c.m == nil || !known && len(c.m) >= maxStates {
 		c.m = make(map[string]offerState)
 	}
 	c.m[id] = st

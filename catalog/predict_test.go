@@ -275,3 +275,30 @@ func TestPredictionNeedsTheSameUpdatedAt(t *testing.T) {
 		t.Fatalf("offer after the update: %+v", o)
 	}
 }
+
+// TestStateCacheBound: the cache of offer states starts over when a new offer
+// would pass maxStates, not when a known one is updated.
+func TestStateCacheBound(t *testing.T) {
+	s := New(nil)
+	id := "o1"
+	c := s.states(id)
+	c.m = make(map[string]offerState)
+	for i := 0; len(c.m) < maxStates-1; i++ {
+		c.m[fmt.Sprint("x", i)] = offerState{}
+	}
+	s.keepState(id, offerState{version: 1})
+	s.keepState(id, offerState{version: 2}) // known: kept with the others
+	if len(c.m) != maxStates || c.m[id].version != 2 {
+		t.Fatalf("%d states, %s at version %d", len(c.m), id, c.m[id].version)
+	}
+	var other string
+	for i := 0; ; i++ { // a new offer of the same shard
+		if other = fmt.Sprint("n", i); batchShard(other) == batchShard(id) {
+			break
+		}
+	}
+	s.keepState(other, offerState{version: 7})
+	if len(c.m) != 1 || c.m[other].version != 7 {
+		t.Fatalf("after the bound: %d states", len(c.m))
+	}
+}
