@@ -196,9 +196,10 @@ type stateCache struct {
 	m  map[string]offerState
 }
 
-// maxStates bounds a shard's stateCache (about 150 bytes an offer); past it
-// the cache starts over and predictions resume as offers are updated again.
-const maxStates = 1 << 18
+// maxStates bounds a shard's stateCache (about 150 bytes an offer, so
+// about 80 MB for all shards); past it the cache starts over and
+// predictions resume as offers are updated again.
+const maxStates = 1 << 17
 
 func (s *Store) states(id string) *stateCache { return &s.stateCaches[batchShard(id)] }
 
@@ -519,9 +520,12 @@ func (s *Store) SubmitUpdate(u OfferUpdate, done func(UpdateResult)) {
 
 // batchShards is how many batches may be in Redis at once. Each offer
 // belongs to one shard, whose batches run one after the other, so an
-// offer's updates stay in order; two shards let brokerd prepare one batch
-// while Redis runs the other.
-const batchShards = 2
+// offer's updates stay in order. A batch's round trip takes several times
+// its script's run in Redis (the request is read in 16 KB steps between
+// other clients' commands, the reply waits for a core on a busy machine),
+// so four shards keep Redis busier than two: 30.2k against 25.8k updates/s
+// (medians of 6 alternating runs, docs/BENCHMARKS.md).
+const batchShards = 4
 
 func batchShard(id string) int {
 	var h uint32 = 2166136261
