@@ -203,9 +203,10 @@ const maxStates = 1 << 17
 
 func (s *Store) states(id string) *stateCache { return &s.stateCaches[batchShard(id)] }
 
-// UpdateOffers applies updates in order and returns one result per update.
-// Each update is checked and applied on its own: one refused update does
-// not refuse the others. A Redis failure fails every update of its group.
+// UpdateOffers applies updates, each offer's in the order given (a batch
+// goes market by market), and returns one result per update. Each update
+// is checked and applied on its own: one refused update does not refuse the
+// others. A Redis failure fails every update of its group.
 func (s *Store) UpdateOffers(ctx context.Context, us []OfferUpdate) []UpdateResult {
 	res := make([]UpdateResult, len(us))
 	type mkt struct {
@@ -253,15 +254,11 @@ func (s *Store) UpdateOffers(ctx context.Context, us []OfferUpdate) []UpdateResu
 	preds := make([][]*offerState, len(gorder))
 	for n, gk := range gorder {
 		g := groups[gk]
-		markets := make([]market.MarketKey, len(g.order))
+		markets, counts := make([]market.MarketKey, len(g.order)), make([]int, len(g.order))
 		var idx []int
 		for j, m := range g.order {
-			markets[j] = m.key
+			markets[j], counts[j] = m.key, len(m.idx)
 			idx = append(idx, m.idx...)
-		}
-		counts := make([]int, len(g.order))
-		for j, m := range g.order {
-			counts[j] = len(m.idx)
 		}
 		calls[n], preds[n] = s.updateCall(us, markets, counts, idx)
 		idxs[n] = idx
