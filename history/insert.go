@@ -21,7 +21,7 @@ var (
 	// Decimal(18,6) and Decimal(18,2) columns.
 	maxPriceCol = decimal.New(1, 12)
 	// maxPriceTicks is maxPriceCol in market price ticks.
-	maxPriceTicks = int64(1e12 * market.TicksPerCNY)
+	maxPriceTicks = maxPriceCol.Shift(market.PriceScale).IntPart()
 	maxAmountCol  = decimal.New(1, 16)
 	// DateTime holds whole seconds from 1970 up to early 2106.
 	minTS = time.Unix(0, 0)
