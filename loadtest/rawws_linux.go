@@ -61,8 +61,10 @@ func (r *epollReader) add(fd int, sub *subscriber, leftover []byte) error {
 	c := &rawConn{fd: fd, sub: sub}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if len(leftover) > 0 {
-		c.feed(leftover, time.Now().UnixNano())
+	if len(leftover) > 0 && !c.feed(leftover, time.Now().UnixNano()) {
+		_ = syscall.Close(fd) // closed with the handshake: nothing to read
+		sub.end(nil)
+		return nil
 	}
 	r.conns[int32(fd)] = c
 	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP, Fd: int32(fd)}
