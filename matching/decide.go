@@ -157,7 +157,9 @@ type Scratch struct {
 
 // load reads, one after the other, the first word of each part of req
 // that a decision reads and that lies apart from the Request: its regions,
-// its max price, its grants' terms, the SME's related-party keys. None of
+// its max price, its grants' terms, the SME's related-party keys; then a
+// field in each cache line of the Request that the decision reads (the
+// class, the SME's id and startup flag, the time, the rules). None of
 // these loads waits for another, so when the request is not in cache
 // their misses overlap, where the decision would otherwise meet them one
 // at a time far apart.
@@ -169,8 +171,10 @@ func (s *Scratch) load(req *Request) {
 	}
 	if len(req.Terms) > 0 && req.Job.UseVouchers {
 		x += voucher.Touch(req.Terms)
-		if k := req.SME.RelatedPartyKeys; len(k) > 0 && len(k[0]) > 0 {
-			x += uint64(k[0][0])
+		for _, k := range req.SME.RelatedPartyKeys {
+			if len(k) > 0 {
+				x += uint64(k[0])
+			}
 		}
 	}
 	if len(j.Certifications) > 0 {
@@ -179,6 +183,11 @@ func (s *Scratch) load(req *Request) {
 	if j.MaxPrice.Sign() != 0 {
 		x += uint64(j.MaxPrice.CoefficientInt64())
 	}
+	x += uint64(len(req.Class.ID)) + uint64(len(req.SME.ID)) + uint64(req.Now.Nanosecond())
+	if req.Class.Domestic != req.SME.Startup {
+		x++
+	}
+	x += uint64(req.Rules.GuardRatio.Exponent())
 	s.sink += x
 }
 
