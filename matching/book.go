@@ -40,17 +40,21 @@ func compareSlotPtrs(a, b *slot) int {
 // It is safe for concurrent use and never changes.
 type Snapshot struct {
 	// hot packs, slot by slot, the facts the scan filters on (see
-	// hotSlot). hot, mkt and Market, which a scan reads first, fill the
+	// hotSlot). hot, first and Market, which a scan reads first, fill the
 	// first cache line (the struct is 192 bytes, so allocated on 64).
-	hot     []hotSlot
-	mkt     *market.MarketKey // the key its slots share
+	hot []hotSlot
+	// first is hot[0].ticks (when hot is not empty): the scan orders the
+	// markets by their next price without reading hot until a market
+	// runs, and a market that never runs is not read at all.
+	first   int64
 	Market  market.MarketKey
+	mkt     *market.MarketKey // the key its slots share
 	slots   []slot
 	warm    []warmSlot // what pricing reads of a slot
 	Version uint64     // rises by one per published change
 	// certs names the certification bits of hot (the book's table when
-	// published).
-	certs []string
+	// published; behind a pointer so that first fits the first line).
+	certs *[]string
 	// The offers of the provider numbered n (see provNums) are
 	// prov[provHead[n].start:provHead[n].end], in book order; numbers from
 	// len(provHead) on have none.
@@ -168,8 +172,12 @@ func publishNumbers() int {
 // want; ok is false when one of them is not in the snapshot's table (then no
 // bit says who holds it).
 func (s *Snapshot) certBits(want []string) (bits uint64, ok bool) {
+	var table []string
+	if s.certs != nil {
+		table = *s.certs
+	}
 	for _, c := range want {
-		i := slices.Index(s.certs, c)
+		i := slices.Index(table, c)
 		if i < 0 {
 			return 0, false
 		}
@@ -205,15 +213,17 @@ func (s *Snapshot) Candidates() []Candidate {
 // runs one per market). Snapshot may be called from any goroutine; it
 // returns the last published view.
 type Book struct {
-	key     market.MarketKey
-	certs   []string // certification table: bit i of provider.certs is certs[i]
-	byID    map[string]slot
-	sorted  []slot               // working copy, book order
-	provs   map[string]*provider // latest known provider accounts
-	byProv  map[string][]slot    // working per-provider lists, book order
-	dirty   bool
-	version uint64
-	snap    *atomic.Pointer[Snapshot] // the published snapshot
+	key   market.MarketKey
+	certs []string // certification table: bit i of provider.certs is certs[i]
+	// published is certs as the snapshots hold it, nil after it grew.
+	published *[]string
+	byID      map[string]slot
+	sorted    []slot               // working copy, book order
+	provs     map[string]*provider // latest known provider accounts
+	byProv    map[string][]slot    // working per-provider lists, book order
+	dirty     bool
+	version   uint64
+	snap      *atomic.Pointer[Snapshot] // the published snapshot
 }
 
 // NewBook returns an empty book for key with an empty published snapshot.
@@ -237,6 +247,7 @@ func (b *Book) provider(a market.Account) *provider {
 		if i < 0 && len(b.certs) < maxCerts {
 			i = len(b.certs)
 			b.certs = append(b.certs, c)
+			b.published = nil
 		}
 		if i >= 0 {
 			p.certs |= 1 << i
@@ -359,7 +370,12 @@ func (b *Book) Publish() *Snapshot {
 	b.version++
 	n := len(b.sorted)
 	s := &Snapshot{Market: b.key, mkt: &b.key, Version: b.version, slots: slices.Clone(b.sorted),
-		hot: make([]hotSlot, n), warm: make([]warmSlot, n), certs: b.certs[:len(b.certs):len(b.certs)]}
+		hot: make([]hotSlot, n), warm: make([]warmSlot, n)}
+	if b.published == nil {
+		c := b.certs[:len(b.certs):len(b.certs)]
+		b.published = &c
+	}
+	s.certs = b.published
 	heads := make([]provHead, publishNumbers())
 	for i := range s.slots {
 		sl := &s.slots[i]
@@ -381,6 +397,9 @@ func (b *Book) Publish() *Snapshot {
 		}
 		s.prov[h.end] = e
 		h.end++
+	}
+	if n > 0 {
+		s.first = s.hot[0].ticks
 	}
 	b.dirty = false
 	b.snap.Store(s)

@@ -26,12 +26,15 @@ type query struct {
 }
 
 // enter prepares q for scanning the offers of the market at mkt.
-func (q *query) enter(mkt *market.MarketKey) { q.enterAs(mkt, mkt) }
-
-// enterAs is enter reading the market's class and region from key, a copy
-// of *mkt (a snapshot's, in the cache line the scan reads anyway).
-func (q *query) enterAs(mkt, key *market.MarketKey) {
+func (q *query) enter(mkt *market.MarketKey) {
 	q.mkt = mkt
+	q.judge(mkt)
+}
+
+// judge sets what the class and region checkers answer for the market
+// key, a copy of the market's (a snapshot's, in the cache line the scan
+// reads anyway). It leaves q.mkt as it is: filter needs only the answers.
+func (q *query) judge(key *market.MarketKey) {
 	q.mktClass, q.mktRegion = ReasonNone, ReasonNone
 	if key.Class != q.class {
 		q.mktClass = ReasonWrongClass
@@ -141,7 +144,7 @@ type filter struct {
 
 // filter compiles q for the offers of sn; ok is false when none of them can
 // pass (the market is of another class or outside the job's regions). q
-// must have entered sn's market, and its units and hours must lie within
+// must have entered or judged sn's market, and its units and hours must lie within
 // market.MaxUnits and market.MaxHours.
 func (q *query) filter(sn *Snapshot) (f filter, ok bool) {
 	if q.mktClass != ReasonNone || q.mktRegion != ReasonNone {

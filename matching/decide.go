@@ -191,19 +191,6 @@ func (s *Scratch) load(req *Request) {
 	s.sink += x
 }
 
-// loadHeads reads the first offer of each of snaps, as load does the
-// request's parts: the scan would meet them market after market, after
-// preparing the request.
-func (s *Scratch) loadHeads(snaps []*Snapshot) {
-	var x uint64
-	for _, sn := range snaps {
-		if sn != nil && len(sn.hot) > 0 && len(sn.warm) > 0 {
-			x += uint64(sn.hot[0].ticks) + uint64(sn.warm[0].list)
-		}
-	}
-	s.sink += x
-}
-
 // release drops the references a pooled Scratch would otherwise keep alive.
 func (s *Scratch) release() {
 	s.req, s.fallback, s.q = nil, nil, query{}
@@ -414,7 +401,6 @@ func (s *Scratch) prepare(req *Request, limit int) bool {
 // whose programme rate has more than four decimal places, is decided on the
 // decimal path (Rank over the snapshots' offers), which allocates.
 func Decide(req *Request, snaps []*Snapshot, limit int, s *Scratch) int {
-	s.loadHeads(snaps) // their misses overlap with preparing the request
 	if !s.prepare(req, limit) {
 		s.cands = s.cands[:0]
 		for _, sn := range snaps {
@@ -561,7 +547,7 @@ func (s *Scratch) scan(snaps []*Snapshot) {
 		if sn == nil || len(sn.hot) == 0 {
 			continue
 		}
-		s.q.enterAs(sn.mkt, &sn.Market)
+		s.q.judge(&sn.Market)
 		f, ok := s.q.filter(sn)
 		if !ok {
 			// No offer of the market passes: all examined, to the max price.
@@ -575,7 +561,7 @@ func (s *Scratch) scan(snaps []*Snapshot) {
 			}
 			continue
 		}
-		s.curs = append(s.curs, cursor{sn: sn, f: f, ticks: sn.hot[0].ticks, region: s.regionMask(sn.Market.Region)})
+		s.curs = append(s.curs, cursor{sn: sn, f: f, ticks: sn.first, region: s.regionMask(sn.Market.Region)})
 	}
 	if len(s.curs) == 1 {
 		s.run(&s.curs[0], math.MaxInt64)
