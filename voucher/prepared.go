@@ -40,7 +40,10 @@ type Prepared struct {
 	guard   decimal.Decimal
 	guardC  uint64 // guard ratio coefficient, 0 when not representable
 	guardE  int32
-	smeSig  uint64 // KeysSig of the SME's related-party keys, 0 until needed
+	// guardSet: guard, guardC and guardE are those of a guard ratio
+	// (decimals are immutable, so the same one gives the same values).
+	guardSet bool
+	smeSig   uint64 // KeysSig of the SME's related-party keys, 0 until needed
 }
 
 // Grants returns the compiled grants in choice order (expires first, then
@@ -85,7 +88,10 @@ func (p *Prepared) begin(r Rules, smeKeys []string) {
 	p.smeKeys = smeKeys
 	p.smeSig = 0 // taken when first needed
 	g := r.guard()
-	p.guard = g
+	if g == p.guard && p.guardSet {
+		return // the same decimal as the last request's (rules rarely change)
+	}
+	p.guard, p.guardSet = g, true
 	p.guardC, p.guardE = 0, g.Exponent()
 	if g.NumDigits() <= 18 {
 		p.guardC = uint64(g.CoefficientInt64())
