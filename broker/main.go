@@ -170,6 +170,11 @@ func (m *Main) Run(ctx context.Context) error {
 
 	cat := market.DefaultCatalog()
 	offers := catalog.New(rdb)
+	if n, err := offers.MigrateOfferStates(ctx); err != nil {
+		return fmt.Errorf("migrate offers: %w", err)
+	} else if n > 0 {
+		m.log.Info("offers moved to the state-hash layout", "offers", n)
+	}
 	led := ledger.New(rdb)
 	metrics := NewMetrics(nil)
 	svc := NewService(Config{Catalog: cat, Logger: m.log}, offers, led, hist, metrics)

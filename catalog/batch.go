@@ -30,121 +30,126 @@ const maxBatch = 256
 
 // updateBatchScript applies a batch of offer updates.
 //
-// KEYS: per market j (1-based) its index, change stream and trade stream at
-// 3j-2, 3j-1, 3j; then the offer hash of every update, in argument order.
-// ARGV: nm, change-stream maxlen; then per market its class, region and
-// number of updates, followed by those updates, each a kind and its
-// arguments:
+// KEYS: per market j (1-based) its state hash, index, change stream and
+// trade stream at 4j-3 … 4j; then the offer hash of every checked update,
+// in argument order. ARGV: nm, change-stream maxlen; then per market its
+// class, region and number of updates, followed by those updates, each a
+// kind and seven arguments:
 //
 //	"s" (checked): id, provider, price ("" = unchanged), index member,
-//	    units ("" = unchanged), full ("1": reply with the offer hash), now (ms)
-//	"p" (predicted price change): id, provider, price, index member, now,
-//	    expected version, expected updated_at, new version, old index
-//	    member, listed ("1"/"0"), delta line, tick line
+//	    units ("" = unchanged), full ("1": reply with the offer), now (ms)
+//	"p" (predicted price change): id, expected state, new state, old index
+//	    member, new index member, delta line, tick line ("" and "" when
+//	    the offer is not listed)
 //
 // A "p" update is brokerd's prediction of what the checked path would do to
-// an offer it knows (offerState): it applies only when the offer's version
-// and updated_at are still the expected ones. Every change of an offer bumps
-// its version and sets updated_at, so equal ones mean the offer is exactly
-// as brokerd last saw it, and the prediction is what the checks would have
-// made. (updated_at guards against a version that came round again, after a
-// Redis lost its last writes.) Otherwise it falls back to the checked path
-// in place, so the order of an offer's updates holds, and so do the offer's
-// later predictions in the batch (they assumed this one applied, so they
-// take the checked path too). On Redis 7.0 each value crossing between Lua
-// and Redis costs a few tenths of a microsecond and each string built in Lua
-// about as much, so the predicted path reads two fields and builds nothing
-// (docs/BENCHMARKS.md).
+// an offer it knows (offerState): it applies only when the offer's stored
+// state is still exactly the expected one, in which case the new state is
+// what the checks would have made. (Every change of an offer bumps its
+// version and sets updated_at, so the whole state also tells a version that
+// came round again, after a Redis lost its last writes.) Otherwise it takes
+// the checked path in place, with the price, index member and time of the
+// new state, so the order of an offer's updates holds.
 //
-// The reply has one element per update: 1 (the prediction applied), "S",
-// version, price, units, free, price_at, listed, index member and
-// updated_at joined by tabs (the checked path applied), the offer hash (full), or "E:<reason>"
-// when the update was refused (nothing changed). A listed offer's change
-// goes to its market's change stream as one line of a "delta" entry: id,
-// version, price, units, free, price_at, updated_at, tab-separated; a price
-// change also goes to the trade stream as one line of a "ticks" entry (the
-// first line is class and region): id, provider, version, price, free, ts.
-// Per market and batch there is one ZREM and one ZADD for the index moves.
-var updateBatchScript = redis.NewScript(`
+// Per market, the script reads the states of all its offers in one HMGET,
+// keeps them in Lua while it applies the updates in order, and writes the
+// changed ones back in one HSET; the index moves go in one ZREM and one
+// ZADD, the change-stream lines in one entry, the ticks in one entry. On
+// Redis 7.0 each command a script runs, and each value crossing between
+// Lua and Redis, costs far more than the comparisons, which is why the
+// predicted path carries whole packed states (docs/BENCHMARKS.md).
+//
+// The reply has one element per update: 1 (the prediction applied), "S"
+// and the new packed state joined by a tab (the checked path applied), the
+// offer as field-value pairs (full), or "E:<reason>" when the update was
+// refused (nothing changed). A listed offer's change goes to its market's
+// change stream as one line of a "delta" entry: id, version, price, units,
+// free, price_at, updated_at, tab-separated; a price change also goes to
+// the trade stream as one line of a "ticks" entry (the first line is class
+// and region): id, provider, version, price, free, ts.
+var updateBatchScript = redis.NewScript(stateLua + `
 local nm, maxlen = tonumber(ARGV[1]), ARGV[2]
-local a, ki, out = 2, 0, {}
+local a, ki, n, out = 2, 0, 0, {}
 for mi = 1, nm do
   local class, region, cnt = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
+  local sk = KEYS[4 * mi - 3]
   a = a + 3
+  -- cur: each offer's stored state as the batch goes (false: none)
+  local ids, seen, cur, dirty = {}, {}, {}, {}
+  for i = 0, cnt - 1 do
+    local id = ARGV[a + 8 * i + 2]
+    if not seen[id] then
+      seen[id] = true
+      ids[#ids + 1] = id
+    end
+  end
+  local got = redis.call('HMGET', sk, unpack(ids))
+  for i, id in ipairs(ids) do cur[id] = got[i] end
   -- origin: an offer's index member now → the one it had before the batch
   local deltas, ticks, origin = {}, {}, {}
-  -- fell: offers whose prediction failed in this batch; their later
-  -- predictions assumed it applied, so they go checked too
-  local fell = {}
   local function move(om, m)
     local o = origin[om]
     if o then origin[om] = nil else o = om end
     origin[m] = o
   end
-  for _ = 1, cnt do
-    ki = ki + 1
-    local k = KEYS[3 * nm + ki]
-    local id, prov, price, member, units, full, now, r
-    if ARGV[a + 1] == 'p' then
-      id, prov, price, member, now, units, full = ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], '', '0'
-      if not fell[k] then
-        local cur = redis.call('HMGET', k, 'version', 'updated_at')
-        if cur[1] == ARGV[a + 7] and cur[2] == ARGV[a + 8] then
-          redis.call('HSET', k, 'price', price, 'price_at', now, 'member', member, 'version', ARGV[a + 9], 'updated_at', now)
-          if ARGV[a + 11] == '1' then
-            move(ARGV[a + 10], member)
-            deltas[#deltas + 1] = ARGV[a + 12]
-            ticks[#ticks + 1] = ARGV[a + 13]
-          end
-          r = 1
-        end
-      end
-      if not r then fell[k] = true end
-      a = a + 13
-    else
-      id, prov, price, member, units, full, now = ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8]
-      a = a + 8
+  local function checked(id, prov, price, member, units, full, now, k)
+    local s = cur[id]
+    if not s then return 'E:not_found' end
+    local o = sparse(s)
+    if o.provider ~= prov then return 'E:forbidden' end
+    if o.status ~= 'active' then return 'E:not_found' end
+    if units ~= '' then
+      local nu, leased = tonumber(units), tonumber(o.units) - tonumber(o.free)
+      if nu < leased then return 'E:below_leased:' .. leased end
+      o.units, o.free = units, tostring(nu - leased)
     end
-    if not r then
-      local o
-      if price ~= '' then -- a new price: the old price and price_at are not needed
-        o = redis.call('HMGET', k, 'provider', 'status', 'units', 'free', 'member', 'listed', 'version')
-      else
-        o = redis.call('HMGET', k, 'provider', 'status', 'units', 'free', 'member', 'listed', 'version', 'price', 'price_at')
+    o.version, o.updated_at = tostring(tonumber(o.version) + 1), now
+    if price ~= '' then
+      if o.listed == '1' then
+        move(o.member, member)
+        ticks[#ticks + 1] = id .. '\t' .. prov .. '\t' .. o.version .. '\t' .. price .. '\t' .. o.free .. '\t' .. now
       end
-      if not o[1] then r = 'E:not_found'
-      elseif o[1] ~= prov then r = 'E:forbidden'
-      elseif o[2] ~= 'active' then r = 'E:not_found'
-      else
-        local nunits, nfree = o[3], o[4]
-        if units ~= '' then
-          local nu, leased = tonumber(units), tonumber(o[3]) - tonumber(o[4])
-          if nu < leased then r = 'E:below_leased:' .. leased else nunits, nfree = units, tostring(nu - leased) end
-        end
-        if not r then
-          local v, pat = tostring(tonumber(o[7]) + 1), o[9]
-          if price ~= '' then
-            pat = now
-            if units ~= '' then redis.call('HSET', k, 'units', nunits, 'free', nfree) end
-            redis.call('HSET', k, 'price', price, 'price_at', now, 'member', member, 'version', v, 'updated_at', now)
-            if o[6] == '1' then
-              move(o[5], member)
-              ticks[#ticks + 1] = id .. '\t' .. prov .. '\t' .. v .. '\t' .. price .. '\t' .. nfree .. '\t' .. now
-            end
-          else
-            price, member = o[8], o[5]
-            redis.call('HSET', k, 'units', nunits, 'free', nfree, 'version', v, 'updated_at', now)
-          end
-          if o[6] == '1' then
-            deltas[#deltas + 1] = id .. '\t' .. v .. '\t' .. price .. '\t' .. nunits .. '\t' .. nfree .. '\t' .. pat .. '\t' .. now
-          end
-          if full == '1' then r = redis.call('HGETALL', k)
-          else r = 'S\t' .. v .. '\t' .. price .. '\t' .. nunits .. '\t' .. nfree .. '\t' .. pat .. '\t' .. o[6] .. '\t' .. member .. '\t' .. now end
-        end
-      end
+      o.price, o.price_at, o.member = price, now, member
     end
-    out[ki] = r
+    if o.listed == '1' then
+      deltas[#deltas + 1] = id .. '\t' .. o.version .. '\t' .. o.price .. '\t' .. o.units .. '\t' .. o.free .. '\t' .. o.price_at .. '\t' .. now
+    end
+    s = spack(o)
+    cur[id], dirty[id] = s, true
+    if full == '1' then return offer(k, o) end
+    return 'S\t' .. s
   end
+  for _ = 1, cnt do
+    local id, r = ARGV[a + 2]
+    if ARGV[a + 1] == 'p' then
+      if cur[id] == ARGV[a + 3] then
+        cur[id], dirty[id] = ARGV[a + 4], true
+        if ARGV[a + 7] ~= '' then
+          move(ARGV[a + 5], ARGV[a + 6])
+          deltas[#deltas + 1] = ARGV[a + 7]
+          ticks[#ticks + 1] = ARGV[a + 8]
+        end
+        r = 1
+      else
+        local e, t = sparse(ARGV[a + 3]), sparse(ARGV[a + 4])
+        r = checked(id, e.provider, t.price, t.member, '', '0', t.updated_at)
+      end
+    else
+      ki = ki + 1
+      r = checked(id, ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], KEYS[4 * nm + ki])
+    end
+    n = n + 1
+    out[n] = r
+    a = a + 8
+  end
+  local set = {}
+  for _, id in ipairs(ids) do
+    if dirty[id] then
+      set[#set + 1] = id
+      set[#set + 1] = cur[id]
+    end
+  end
+  if #set > 0 then redis.call('HSET', sk, unpack(set)) end
   local rem, add = {}, {}
   for m, o in pairs(origin) do
     if m ~= o then
@@ -154,14 +159,14 @@ for mi = 1, nm do
     end
   end
   if #rem > 0 then
-    redis.call('ZREM', KEYS[3 * mi - 2], unpack(rem))
-    redis.call('ZADD', KEYS[3 * mi - 2], unpack(add))
+    redis.call('ZREM', KEYS[4 * mi - 2], unpack(rem))
+    redis.call('ZADD', KEYS[4 * mi - 2], unpack(add))
   end
   if #deltas > 0 then
-    redis.call('XADD', KEYS[3 * mi - 1], 'MAXLEN', '~', maxlen, '*', 't', 'delta', 'd', table.concat(deltas, '\n'))
+    redis.call('XADD', KEYS[4 * mi - 1], 'MAXLEN', '~', maxlen, '*', 't', 'delta', 'd', table.concat(deltas, '\n'))
   end
   if #ticks > 0 then
-    redis.call('XADD', KEYS[3 * mi], '*', 'k', 'ticks', 'v', class .. '\t' .. region .. '\n' .. table.concat(ticks, '\n'))
+    redis.call('XADD', KEYS[4 * mi], '*', 'k', 'ticks', 'v', class .. '\t' .. region .. '\n' .. table.concat(ticks, '\n'))
   end
 end
 return out
@@ -177,17 +182,19 @@ type UpdateResult struct {
 	Err   error
 }
 
-// offerState is what brokerd last knew of an offer's changing fields: enough
-// to predict what a price change does to it (updateBatchScript, kind "p").
-// A stale state costs nothing but the prediction: the script checks the
-// version and takes the checked path.
+// offerState is what brokerd last knew of an offer's state (its changing
+// fields, stateFields): enough to predict what a price change does to it
+// (updateBatchScript, kind "p"). A stale state costs nothing but the
+// prediction: the script finds the stored state changed and takes the
+// checked path.
 type offerState struct {
-	version     int64
-	provider    string
-	listed      bool
-	units, free int64
-	member      string
-	updatedAt   string // ms, as the hash holds it
+	version                   int64
+	status, provider          string
+	listed                    bool
+	units, free               int64
+	price, priceAt, updatedAt string // prices as stored, times in ms
+	member                    string
+	packed                    string // the state as stored
 }
 
 // stateCache holds the offerStates of one batch shard.
@@ -197,8 +204,8 @@ type stateCache struct {
 }
 
 // maxStates bounds a shard's stateCache: 65,536 offers a shard, 262,144 in
-// all, about 70 MB (272 bytes an offer of Go heap, ids and strings
-// included, measured with 12-character ids). Past it the shard's cache
+// all, about 85 MB (325 bytes an offer of Go heap, ids and the packed state
+// included, measured with 12-character ids and a 110-byte state). Past it the shard's cache
 // starts over and predictions resume as offers are updated again.
 const maxStates = 1 << 16
 
@@ -330,15 +337,15 @@ func (s *Store) slotGroup(m market.MarketKey) int {
 // markets[j], in that order. pred[k] is the state update idx[k] predicts
 // (kind "p"), nil when it goes checked.
 func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.MarketKey, counts, idx []int) (c scriptCall, pred []*offerState) {
-	keys := make([]string, 0, 3*len(markets)+len(idx))
-	args := make([]any, 0, 2+3*len(markets)+12*len(idx))
+	keys := make([]string, 0, 4*len(markets))
+	args := make([]any, 0, 2+3*len(markets)+8*len(idx))
 	pred = make([]*offerState, len(idx))
 	// batch: an offer's state after its earlier updates in this batch (nil:
 	// unknown, after an update that goes checked).
 	var batch map[string]*offerState
 	args = append(args, len(markets), changeStreamMaxLen)
 	for _, m := range markets {
-		keys = append(keys, IndexKey(m), ChangeStreamKey(m), TradeStreamKey(m))
+		keys = append(keys, StateKey(m), IndexKey(m), ChangeStreamKey(m), TradeStreamKey(m))
 	}
 	k := 0
 	for j, m := range markets {
@@ -346,7 +353,6 @@ func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.Mar
 		offerPrefix := OfferKey(m, "")
 		for end := k + counts[j]; k < end; k++ {
 			u := &us[idx[k]]
-			keys = append(keys, offerPrefix+u.ID)
 			now := strconv.FormatInt(ms(u.Now), 10)
 			if u.Now.IsZero() {
 				now = strconv.FormatInt(ms(time.Now()), 10)
@@ -369,21 +375,20 @@ func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.Mar
 			if batch == nil {
 				batch = make(map[string]*offerState)
 			}
-			if st != nil && u.Price != nil && u.Units == nil && !u.Full && st.provider == u.ProviderID {
+			if st != nil && u.Price != nil && u.Units == nil && !u.Full && st.provider == u.ProviderID && st.status == string(market.OfferActive) {
 				next := *st
 				next.version++
-				next.member, next.updatedAt = member, now
+				next.price, next.priceAt, next.updatedAt, next.member = price, now, now, member
+				next.packed = next.pack()
 				pred[k], batch[u.ID] = &next, &next
-				v := strconv.FormatInt(next.version, 10)
-				listed, delta, tick := "0", "", ""
+				delta, tick := "", ""
 				if st.listed {
+					v := strconv.FormatInt(next.version, 10)
 					units, free := strconv.FormatInt(st.units, 10), strconv.FormatInt(st.free, 10)
-					listed = "1"
 					delta = u.ID + "\t" + v + "\t" + price + "\t" + units + "\t" + free + "\t" + now + "\t" + now
 					tick = u.ID + "\t" + u.ProviderID + "\t" + v + "\t" + price + "\t" + free + "\t" + now
 				}
-				args = append(args, "p", u.ID, u.ProviderID, price, member, now,
-					strconv.FormatInt(st.version, 10), st.updatedAt, v, st.member, listed, delta, tick)
+				args = append(args, "p", u.ID, st.packed, next.packed, st.member, member, delta, tick)
 				continue
 			}
 			batch[u.ID] = nil
@@ -394,6 +399,7 @@ func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.Mar
 			if u.Full {
 				full = "1"
 			}
+			keys = append(keys, offerPrefix+u.ID)
 			args = append(args, "s", u.ID, u.ProviderID, price, member, units, full, now)
 		}
 	}
@@ -429,13 +435,13 @@ func (s *Store) decodeUpdates(us []OfferUpdate, res []UpdateResult, idx []int, p
 			res[i].Version = pred[k].version
 			s.keepState(u.ID, *pred[k])
 		case string:
-			if strings.HasPrefix(v, "S\t") {
+			if packed, ok := strings.CutPrefix(v, "S\t"); ok {
 				if pred[k] != nil {
 					s.mispredicted.Add(1)
 				}
-				st, err := parseState(v, u.ProviderID)
-				if err != nil {
-					res[i].Err = err
+				st, ok := stateOf(packed)
+				if !ok {
+					res[i].Err = fmt.Errorf("catalog: update offer: malformed reply %q", v)
 					s.forgetState(u.ID)
 					continue
 				}
@@ -458,24 +464,6 @@ func (s *Store) decodeUpdates(us []OfferUpdate, res []UpdateResult, idx []int, p
 			s.forgetState(u.ID)
 		}
 	}
-}
-
-// parseState reads the checked path's "S" reply: version, price, units,
-// free, price_at, listed and index member.
-func parseState(v, provider string) (offerState, error) {
-	var f [9]string
-	if !splitFields(v, f[:]) {
-		return offerState{}, fmt.Errorf("catalog: update offer: malformed reply %q", v)
-	}
-	st := offerState{provider: provider, listed: f[6] == "1", member: f[7], updatedAt: f[8]}
-	var e1, e2, e3 error
-	st.version, e1 = strconv.ParseInt(f[1], 10, 64)
-	st.units, e2 = strconv.ParseInt(f[3], 10, 64)
-	st.free, e3 = strconv.ParseInt(f[4], 10, 64)
-	if e1 != nil || e2 != nil || e3 != nil || st.member == "" || st.updatedAt == "" {
-		return offerState{}, fmt.Errorf("catalog: update offer: malformed reply %q", v)
-	}
-	return st, nil
 }
 
 // Predictions returns how many price changes went as predictions and
@@ -503,11 +491,21 @@ func (s *Store) forgetState(id string) {
 
 // SubmitUpdate queues an offer update for the next batch and returns at
 // once; done is called with its result, from the batch's goroutine, once
-// the batch has run. done must not block. Updates of one offer are applied,
-// and their done called, in submission order; updates of different offers
-// may complete in any order.
+// the batch has run (or before SubmitUpdate returns, when the offer's
+// market cannot be found: not_found or unavailable). done must not block.
+// Updates of one offer are applied, and their done called, in submission
+// order; updates of different offers may complete in any order.
 func (s *Store) SubmitUpdate(u OfferUpdate, done func(UpdateResult)) {
-	b := &s.batchers[batchShard(u.ID)]
+	// The market is cached after an offer's first update; finding it here
+	// keeps every update of an offer in one shard, so in order.
+	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
+	m, err := s.OfferMarket(ctx, u.ID)
+	cancel()
+	if err != nil {
+		done(UpdateResult{Err: err})
+		return
+	}
+	b := &s.batchers[marketShard(m)]
 	b.mu.Lock()
 	b.queue = append(b.queue, pendingUpdate{u, done})
 	if b.running {
@@ -519,21 +517,33 @@ func (s *Store) SubmitUpdate(u OfferUpdate, done func(UpdateResult)) {
 	go s.runBatches(b)
 }
 
-// batchShards is how many batches may be in Redis at once. Each offer
+// batchShards is how many batches may be in Redis at once. Each market
 // belongs to one shard, whose batches run one after the other, so an
 // offer's updates stay in order. A batch's round trip takes several times
 // its script's run in Redis (the request is read in 16 KB steps between
 // other clients' commands, the reply waits for a core on a busy machine),
 // so four shards keep Redis busier than two: 30.2k against 25.8k updates/s
-// (medians of 6 alternating runs, docs/BENCHMARKS.md).
+// (medians of 6 alternating runs, docs/BENCHMARKS.md). Sharding by market
+// rather than by offer puts more updates of each market in a batch, and
+// the script's work per market (a state read and write, the index moves,
+// two stream entries) is shared by more of them.
 const batchShards = 4
 
-func batchShard(id string) int {
-	var h uint32 = 2166136261
-	for i := 0; i < len(id); i++ {
-		h = (h ^ uint32(id[i])) * 16777619
-	}
+// marketShard is the batch shard of a market's offers.
+func marketShard(m market.MarketKey) int {
+	h := fnv(2166136261, m.Class)
+	h = fnv(h, m.Region)
 	return int(h % batchShards)
+}
+
+// batchShard is the offer-state cache shard of an offer.
+func batchShard(id string) int { return int(fnv(2166136261, id) % batchShards) }
+
+func fnv(h uint32, s string) uint32 {
+	for i := 0; i < len(s); i++ {
+		h = (h ^ uint32(s[i])) * 16777619
+	}
+	return h
 }
 
 // batchTimeout bounds one batch's Redis call.

@@ -5,9 +5,12 @@ import "computebroker/market"
 // Key layout. Every key of a market shares the hash tag {m:<class>:<region>}
 // so that each atomic step of the checkout touches one Redis Cluster slot.
 //
-//	{m:C:R}:offer:<id>     hash: the offer (see offerFields)
+//	{m:C:R}:offer:<id>     hash: what never changes of an offer: id, provider, class,
+//	                       region, list_price, max_hours, specs
+//	{m:C:R}:state          hash: offer id -> the offer's changing fields, packed
+//	                       (stateFields, see state.go)
 //	{m:C:R}:index          zset: active offer ids scored by price ticks
-//	{m:C:R}:changes        stream: offer changes: "t" upsert + every field of the offer hash,
+//	{m:C:R}:changes        stream: offer changes: "t" upsert + every field of the offer (hash and state),
 //	                       "t" delta + "d": a line per updated offer (see Delta), or
 //	                       "t" remove, id, provider, version, updated_at
 //	{m:C:R}:trades         stream: the market's durable history: trades, refunds and
@@ -23,6 +26,9 @@ func MarketTag(m market.MarketKey) string { return "{m:" + m.Class + ":" + m.Reg
 
 // OfferKey is the hash holding an offer.
 func OfferKey(m market.MarketKey, id string) string { return MarketTag(m) + ":offer:" + id }
+
+// StateKey is the hash holding the changing fields of a market's offers.
+func StateKey(m market.MarketKey) string { return MarketTag(m) + ":state" }
 
 // IndexKey is the price index of a market's active offers.
 func IndexKey(m market.MarketKey) string { return MarketTag(m) + ":index" }

@@ -30,8 +30,9 @@ return h[1]
 
 // cancelLeaseScript cancels a reserved lease: the units go back to the offer
 // and a refund joins the market's history stream. Idempotent.
-// KEYS: lease, offer, trades stream, changes stream. ARGV: refund json, now ms, maxlen.
-var cancelLeaseScript = redis.NewScript(`
+// KEYS: lease, offer, trades stream, changes stream, state. ARGV: refund
+// json, now ms, maxlen, offer id.
+var cancelLeaseScript = redis.NewScript(stateLua + `
 local h = redis.call('HMGET', KEYS[1], 'json', 'status')
 if not h[1] then return redis.error_reply('not_found') end
 if h[2] == 'cancelled' then return 'already' end
@@ -39,14 +40,12 @@ if h[2] ~= 'reserved' then return redis.error_reply('status:' .. h[2]) end
 redis.call('HSET', KEYS[1], 'status', 'cancelled')
 local units = tonumber(cjson.decode(h[1])['units'])
 redis.call('XADD', KEYS[3], '*', 'k', 'refund', 'v', ARGV[1])
-local o = redis.call('HMGET', KEYS[2], 'status', 'listed')
-if o[1] then
-  redis.call('HINCRBY', KEYS[2], 'free', units)
-  redis.call('HINCRBY', KEYS[2], 'version', 1)
-  redis.call('HSET', KEYS[2], 'updated_at', ARGV[2])
-  if o[1] == 'active' and o[2] == '1' then
-    local f = redis.call('HGETALL', KEYS[2])
-    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 't', 'upsert', unpack(f))
+local o = sget(KEYS[5], ARGV[4])
+if o then
+  o.free, o.version, o.updated_at = tostring(tonumber(o.free) + units), tostring(tonumber(o.version) + 1), ARGV[2]
+  redis.call('HSET', KEYS[5], ARGV[4], spack(o))
+  if o.status == 'active' and o.listed == '1' then
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 't', 'upsert', unpack(offer(KEYS[2], o)))
   end
 end
 return 'cancelled'
@@ -107,8 +106,8 @@ func (s *Store) CancelLease(ctx context.Context, m market.MarketKey, leaseID, of
 	if err != nil {
 		return fmt.Errorf("catalog: encode refund: %w", err)
 	}
-	err = cancelLeaseScript.Run(ctx, s.rdb, []string{LeaseKey(m, leaseID), OfferKey(m, offerID), TradeStreamKey(m), ChangeStreamKey(m)},
-		body, ms(now), changeStreamMaxLen).Err()
+	err = cancelLeaseScript.Run(ctx, s.rdb, []string{LeaseKey(m, leaseID), OfferKey(m, offerID), TradeStreamKey(m), ChangeStreamKey(m), StateKey(m)},
+		body, ms(now), changeStreamMaxLen, offerID).Err()
 	if err != nil {
 		msg := scriptError(err)
 		switch {

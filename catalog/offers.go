@@ -39,48 +39,60 @@ func indexMember(ticks int64, id string) string {
 
 var memberRe = regexp.MustCompile(`^[0-9]{19}\|[A-Za-z0-9_.-]{1,64}$`)
 
-var createScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[1]) == 1 then return redis.error_reply('exists') end
+// createScript stores a new offer: its hash and its state.
+// KEYS: offer, state, index, changes, trades. ARGV: id, provider, class,
+// region, units, price, max_hours, specs, now ms, index member, listed,
+// maxlen, now RFC 3339.
+var createScript = redis.NewScript(stateLua + `
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
+  return redis.error_reply('exists')
+end
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'provider', ARGV[2], 'class', ARGV[3], 'region', ARGV[4],
-  'units', ARGV[5], 'free', ARGV[5], 'price', ARGV[6], 'list_price', ARGV[6], 'max_hours', ARGV[7],
-  'specs', ARGV[8], 'version', 1, 'status', 'active', 'listed', ARGV[11], 'price_at', ARGV[9],
-  'updated_at', ARGV[9], 'member', ARGV[10])
-local h = redis.call('HGETALL', KEYS[1])
+  'list_price', ARGV[6], 'max_hours', ARGV[7], 'specs', ARGV[8])
+local o = {version = '1', status = 'active', listed = ARGV[11], price = ARGV[6], price_at = ARGV[9],
+  units = ARGV[5], free = ARGV[5], updated_at = ARGV[9], member = ARGV[10], provider = ARGV[2]}
+redis.call('HSET', KEYS[2], ARGV[1], spack(o))
+local h = offer(KEYS[1], o)
 if ARGV[11] == '1' then
-  redis.call('ZADD', KEYS[2], 0, ARGV[10])
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[12], '*', 't', 'upsert', unpack(h))
-  redis.call('XADD', KEYS[4], '*', 'k', 'tick', 'v', cjson.encode({offer_id = ARGV[1], provider_id = ARGV[2],
+  redis.call('ZADD', KEYS[3], 0, ARGV[10])
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[12], '*', 't', 'upsert', unpack(h))
+  redis.call('XADD', KEYS[5], '*', 'k', 'tick', 'v', cjson.encode({offer_id = ARGV[1], provider_id = ARGV[2],
     resource_class = ARGV[3], region = ARGV[4], price = ARGV[6], units_free = tonumber(ARGV[5]), version = 1, ts = ARGV[13]}))
 end
 return h
 `)
 
-var deleteScript = redis.NewScript(`
-local o = redis.call('HMGET', KEYS[1], 'provider', 'status', 'member', 'listed', 'id')
-if not o[1] or o[2] ~= 'active' then return redis.error_reply('not_found') end
-if o[1] ~= ARGV[1] then return redis.error_reply('forbidden') end
-local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
-redis.call('HSET', KEYS[1], 'status', 'deleted', 'updated_at', ARGV[2])
-redis.call('ZREM', KEYS[2], o[3])
-if o[4] == '1' then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 't', 'remove', 'id', o[5], 'provider', o[1], 'version', v, 'updated_at', ARGV[2])
+// deleteScript withdraws an active offer. KEYS: state, index, changes.
+// ARGV: id, provider, now ms, maxlen.
+var deleteScript = redis.NewScript(stateLua + `
+local o = sget(KEYS[1], ARGV[1])
+if not o or o.status ~= 'active' then return redis.error_reply('not_found') end
+if o.provider ~= ARGV[2] then return redis.error_reply('forbidden') end
+o.version, o.status, o.updated_at = tostring(tonumber(o.version) + 1), 'deleted', ARGV[3]
+redis.call('HSET', KEYS[1], ARGV[1], spack(o))
+redis.call('ZREM', KEYS[2], o.member)
+if o.listed == '1' then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 't', 'remove', 'id', ARGV[1], 'provider', o.provider,
+    'version', o.version, 'updated_at', ARGV[3])
 end
-return v
+return tonumber(o.version)
 `)
 
-// listScript lists or unlists an active offer when its provider's standing changes.
-var listScript = redis.NewScript(`
-local o = redis.call('HMGET', KEYS[1], 'status', 'listed', 'member', 'id', 'provider', 'price', 'units', 'free')
-if o[1] ~= 'active' or o[2] == ARGV[1] then return 0 end
-local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
-redis.call('HSET', KEYS[1], 'listed', ARGV[1], 'updated_at', ARGV[2])
-if ARGV[1] == '1' then
-  redis.call('ZADD', KEYS[2], 0, o[3])
-  local h = redis.call('HGETALL', KEYS[1])
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 't', 'upsert', unpack(h))
+// listScript lists or unlists an active offer when its provider's standing
+// changes. KEYS: offer, state, index, changes. ARGV: id, listed ("1"/"0"),
+// now ms, maxlen.
+var listScript = redis.NewScript(stateLua + `
+local o = sget(KEYS[2], ARGV[1])
+if not o or o.status ~= 'active' or o.listed == ARGV[2] then return 0 end
+o.version, o.listed, o.updated_at = tostring(tonumber(o.version) + 1), ARGV[2], ARGV[3]
+redis.call('HSET', KEYS[2], ARGV[1], spack(o))
+if ARGV[2] == '1' then
+  redis.call('ZADD', KEYS[3], 0, o.member)
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 't', 'upsert', unpack(offer(KEYS[1], o)))
 else
-  redis.call('ZREM', KEYS[2], o[3])
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 't', 'remove', 'id', o[4], 'provider', o[5], 'version', v, 'updated_at', ARGV[2])
+  redis.call('ZREM', KEYS[3], o.member)
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 't', 'remove', 'id', ARGV[1], 'provider', o.provider,
+    'version', o.version, 'updated_at', ARGV[3])
 end
 return 1
 `)
@@ -126,7 +138,7 @@ func (s *Store) CreateOffer(ctx context.Context, n NewOffer) (market.Offer, erro
 		listed = "1"
 	}
 	m := n.Market
-	vals, err := createScript.Run(ctx, s.rdb, []string{OfferKey(m, n.ID), IndexKey(m), ChangeStreamKey(m), TradeStreamKey(m)},
+	vals, err := createScript.Run(ctx, s.rdb, []string{OfferKey(m, n.ID), StateKey(m), IndexKey(m), ChangeStreamKey(m), TradeStreamKey(m)},
 		n.ID, n.ProviderID, m.Class, m.Region, n.Units, n.Price.String(), n.MaxHours, string(specs),
 		ms(n.Now), indexMember(ticks, n.ID), listed, changeStreamMaxLen, rfc3339(n.Now)).StringSlice()
 	if err != nil {
@@ -156,8 +168,8 @@ func (s *Store) DeleteOffer(ctx context.Context, id, providerID string, now time
 	if err != nil {
 		return err
 	}
-	err = deleteScript.Run(ctx, s.rdb, []string{OfferKey(m, id), IndexKey(m), ChangeStreamKey(m)},
-		providerID, ms(now), changeStreamMaxLen).Err()
+	err = deleteScript.Run(ctx, s.rdb, []string{StateKey(m), IndexKey(m), ChangeStreamKey(m)},
+		id, providerID, ms(now), changeStreamMaxLen).Err()
 	if err != nil {
 		return offerScriptError(id, "delete offer", err)
 	}
@@ -204,12 +216,22 @@ func (s *Store) Offer(ctx context.Context, id string) (market.Offer, error) {
 	if err != nil {
 		return market.Offer{}, err
 	}
-	vals, err := s.rdb.HGetAll(ctx, OfferKey(m, id)).Result()
-	if err != nil {
+	pipe := s.rdb.Pipeline()
+	h, st := pipe.HGetAll(ctx, OfferKey(m, id)), pipe.HGet(ctx, StateKey(m), id)
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return market.Offer{}, unavailable("get offer", err)
 	}
-	if len(vals) == 0 {
+	vals := h.Val()
+	if len(vals) == 0 || st.Err() != nil {
 		return market.Offer{}, market.Errorf(market.CodeNotFound, "offer %s not found", id)
+	}
+	return offerOf(vals, st.Val())
+}
+
+// offerOf decodes an offer from its hash's fields and its stored state.
+func offerOf(vals map[string]string, state string) (market.Offer, error) {
+	if !mergeState(vals, state) {
+		return market.Offer{}, fmt.Errorf("catalog: offer %s: malformed state %q", vals["id"], state)
 	}
 	return decodeOffer(vals)
 }
@@ -217,11 +239,18 @@ func (s *Store) Offer(ctx context.Context, id string) (market.Offer, error) {
 // Listed reports whether the offer's provider was approved when the offer
 // last changed (the offer is in its market's index).
 func (s *Store) Listed(ctx context.Context, o market.Offer) (bool, error) {
-	v, err := s.rdb.HGet(ctx, OfferKey(o.Market(), o.ID), "listed").Result()
-	if err != nil && !errors.Is(err, redis.Nil) {
+	v, err := s.rdb.HGet(ctx, StateKey(o.Market()), o.ID).Result()
+	if errors.Is(err, redis.Nil) {
+		return false, nil
+	}
+	if err != nil {
 		return false, unavailable("get offer", err)
 	}
-	return v == "1", nil
+	st, ok := stateOf(v)
+	if !ok {
+		return false, fmt.Errorf("catalog: offer %s: malformed state %q", o.ID, v)
+	}
+	return st.listed, nil
 }
 
 // OfferFilter selects listed offers.
@@ -282,9 +311,10 @@ func (s *Store) ListOffers(ctx context.Context, f OfferFilter) ([]market.Offer, 
 	}
 	pipe = s.rdb.Pipeline()
 	hs := make([]*redis.MapStringStringCmd, len(all))
+	sts := make([]*redis.StringCmd, len(all))
 	for i, e := range all {
 		_, id, _ := strings.Cut(e.member, "|")
-		hs[i] = pipe.HGetAll(ctx, OfferKey(e.m, id))
+		hs[i], sts[i] = pipe.HGetAll(ctx, OfferKey(e.m, id)), pipe.HGet(ctx, StateKey(e.m), id)
 	}
 	if len(all) > 0 {
 		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
@@ -292,8 +322,14 @@ func (s *Store) ListOffers(ctx context.Context, f OfferFilter) ([]market.Offer, 
 		}
 	}
 	out := make([]market.Offer, 0, len(all))
-	for _, h := range hs {
+	for i, h := range hs {
 		vals := h.Val()
+		if len(vals) == 0 || sts[i].Err() != nil {
+			continue // deleted since the index was read
+		}
+		if !mergeState(vals, sts[i].Val()) {
+			return nil, "", fmt.Errorf("catalog: offer %s: malformed state %q", vals["id"], sts[i].Val())
+		}
 		if vals["status"] != string(market.OfferActive) || vals["listed"] != "1" {
 			continue
 		}
@@ -354,7 +390,7 @@ func (s *Store) syncProviderOffers(ctx context.Context, providerID string, liste
 			}
 			return err
 		}
-		if err := listScript.Run(ctx, s.rdb, []string{OfferKey(m, id), IndexKey(m), ChangeStreamKey(m)}, flag, ms(now), changeStreamMaxLen).Err(); err != nil {
+		if err := listScript.Run(ctx, s.rdb, []string{OfferKey(m, id), StateKey(m), IndexKey(m), ChangeStreamKey(m)}, id, flag, ms(now), changeStreamMaxLen).Err(); err != nil {
 			return unavailable("list offer", err)
 		}
 	}

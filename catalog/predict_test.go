@@ -162,6 +162,10 @@ func predictionsAgree(t *testing.T, seed int64) {
 		if !reflect.DeepEqual(hp, hc) {
 			t.Fatalf("offer %s: predicting store %v, checking store %v", o.id, hp, hc)
 		}
+		sp, sc := rdbP.HGet(ctx, StateKey(o.m), o.id).Val(), rdbC.HGet(ctx, StateKey(o.m), o.id).Val()
+		if sp != sc || sp == "" {
+			t.Fatalf("offer %s state: predicting store %q, checking store %q", o.id, sp, sc)
+		}
 	}
 	entries := func(rdb *redis.Client, key string) [][]any {
 		var out [][]any
@@ -251,10 +255,15 @@ func TestPredictionNeedsTheSameUpdatedAt(t *testing.T) {
 	}
 	// Another state at the same version: other price, member, free units and
 	// updated_at, the index in step with it.
-	h := rdb.HGetAll(ctx, OfferKey(m, "o")).Val()
+	st, ok := stateOf(rdb.HGet(ctx, StateKey(m), "o").Val())
+	if !ok {
+		t.Fatal("no state")
+	}
 	other := indexMember(170000, "o")
-	rdb.HSet(ctx, OfferKey(m, "o"), "price", "17", "member", other, "free", "3", "updated_at", "1790000000500")
-	rdb.ZRem(ctx, IndexKey(m), h["member"])
+	old := st.member
+	st.price, st.member, st.free, st.updatedAt = "17", other, 3, "1790000000500"
+	rdb.HSet(ctx, StateKey(m), "o", st.pack())
+	rdb.ZRem(ctx, IndexKey(m), old)
 	rdb.ZAdd(ctx, IndexKey(m), redis.Z{Member: other})
 
 	r := s.UpdateOffers(ctx, []OfferUpdate{{ID: "o", ProviderID: "p", Price: ptrPrice("16.00"), Now: at.Add(5 * time.Second)}})

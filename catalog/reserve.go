@@ -20,27 +20,25 @@ import (
 // trade stream and the new capacity to its change stream. It is idempotent by
 // order id: a repeated call returns the lease the first one made.
 //
-// KEYS: offer, olease, lease, trades stream, changes stream
-// ARGV: lease id, expected price, units, hours, lease json, trade json, now ms, maxlen
-var reserveScript = redis.NewScript(`
+// KEYS: offer, olease, lease, trades stream, changes stream, state
+// ARGV: lease id, expected price, units, hours, lease json, trade json, now ms, maxlen, offer id
+var reserveScript = redis.NewScript(stateLua + `
 local prev = redis.call('GET', KEYS[2])
 if prev then return {'dup', prev} end
-local o = redis.call('HMGET', KEYS[1], 'status', 'listed', 'price', 'free', 'max_hours', 'id', 'provider', 'units')
-if not o[1] or o[1] ~= 'active' then return {'reject', 'offer_inactive'} end
-if o[2] ~= '1' then return {'reject', 'provider_not_approved'} end
-if o[3] ~= ARGV[2] then return {'reject', 'price_changed'} end
+local o = sget(KEYS[6], ARGV[9])
+if not o or o.status ~= 'active' then return {'reject', 'offer_inactive'} end
+if o.listed ~= '1' then return {'reject', 'provider_not_approved'} end
+if o.price ~= ARGV[2] then return {'reject', 'price_changed'} end
 local units = tonumber(ARGV[3])
-if tonumber(o[4]) < units then return {'reject', 'too_few_units'} end
-if tonumber(o[5]) < tonumber(ARGV[4]) then return {'reject', 'too_few_hours'} end
-local free = redis.call('HINCRBY', KEYS[1], 'free', -units)
-local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
-redis.call('HSET', KEYS[1], 'updated_at', ARGV[7])
+if tonumber(o.free) < units then return {'reject', 'too_few_units'} end
+if tonumber(redis.call('HGET', KEYS[1], 'max_hours')) < tonumber(ARGV[4]) then return {'reject', 'too_few_hours'} end
+o.free, o.version, o.updated_at = tostring(tonumber(o.free) - units), tostring(tonumber(o.version) + 1), ARGV[7]
+redis.call('HSET', KEYS[6], ARGV[9], spack(o))
 redis.call('HSET', KEYS[3], 'json', ARGV[5], 'status', 'reserved')
 redis.call('SET', KEYS[2], ARGV[1])
 redis.call('XADD', KEYS[4], '*', 'k', 'trade', 'v', ARGV[6])
-local h = redis.call('HGETALL', KEYS[1])
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[8], '*', 't', 'upsert', unpack(h))
-return {'ok', ARGV[1], tostring(free), tostring(v)}
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[8], '*', 't', 'upsert', unpack(offer(KEYS[1], o)))
+return {'ok', ARGV[1], o.free, o.version}
 `)
 
 // Reservation is the market-slot step of a checkout.
@@ -74,8 +72,8 @@ func (s *Store) Reserve(ctx context.Context, r Reservation) (Reserved, error) {
 		return Reserved{}, fmt.Errorf("catalog: encode trade: %w", err)
 	}
 	res, err := reserveScript.Run(ctx, s.rdb,
-		[]string{OfferKey(m, r.Lease.OfferID), OrderLeaseKey(m, r.Lease.OrderID), LeaseKey(m, r.Lease.ID), TradeStreamKey(m), ChangeStreamKey(m)},
-		r.Lease.ID, r.Price.String(), r.Lease.Units, r.Lease.Hours, lease, trade, ms(r.Now), changeStreamMaxLen).StringSlice()
+		[]string{OfferKey(m, r.Lease.OfferID), OrderLeaseKey(m, r.Lease.OrderID), LeaseKey(m, r.Lease.ID), TradeStreamKey(m), ChangeStreamKey(m), StateKey(m)},
+		r.Lease.ID, r.Price.String(), r.Lease.Units, r.Lease.Hours, lease, trade, ms(r.Now), changeStreamMaxLen, r.Lease.OfferID).StringSlice()
 	if err != nil {
 		return Reserved{}, unavailable("reserve", err)
 	}
@@ -143,31 +141,30 @@ func (s *Store) Leases(ctx context.Context, providerID string, limit int64) ([]m
 
 // reserveAllScript reserves every part of a split order at once, all or
 // nothing: the parts are offers of one market, so one slot. Idempotent by
-// order id. KEYS: olease, trades stream, changes stream, then per part its
-// offer and its lease. ARGV: n, now ms, maxlen, then per part: lease id,
-// expected price, units, hours, lease json, trade json.
-var reserveAllScript = redis.NewScript(`
+// order id. KEYS: olease, trades stream, changes stream, state, then per
+// part its offer and its lease. ARGV: n, now ms, maxlen, then per part:
+// lease id, expected price, units, hours, lease json, trade json, offer id.
+var reserveAllScript = redis.NewScript(stateLua + `
 local prev = redis.call('GET', KEYS[1])
 if prev then return {'dup', prev} end
 local n = tonumber(ARGV[1])
 for i = 0, n - 1 do
-  local k, a = KEYS[4 + 2 * i], 4 + 6 * i
-  local o = redis.call('HMGET', k, 'status', 'listed', 'price', 'free', 'max_hours')
-  if not o[1] or o[1] ~= 'active' then return {'reject', 'offer_inactive'} end
-  if o[2] ~= '1' then return {'reject', 'provider_not_approved'} end
-  if o[3] ~= ARGV[a + 1] then return {'reject', 'price_changed'} end
-  if tonumber(o[4]) < tonumber(ARGV[a + 2]) then return {'reject', 'too_few_units'} end
-  if tonumber(o[5]) < tonumber(ARGV[a + 3]) then return {'reject', 'too_few_hours'} end
+  local k, a = KEYS[5 + 2 * i], 4 + 7 * i
+  local o = sget(KEYS[4], ARGV[a + 6])
+  if not o or o.status ~= 'active' then return {'reject', 'offer_inactive'} end
+  if o.listed ~= '1' then return {'reject', 'provider_not_approved'} end
+  if o.price ~= ARGV[a + 1] then return {'reject', 'price_changed'} end
+  if tonumber(o.free) < tonumber(ARGV[a + 2]) then return {'reject', 'too_few_units'} end
+  if tonumber(redis.call('HGET', k, 'max_hours')) < tonumber(ARGV[a + 3]) then return {'reject', 'too_few_hours'} end
 end
 for i = 0, n - 1 do
-  local k, l, a = KEYS[4 + 2 * i], KEYS[5 + 2 * i], 4 + 6 * i
-  redis.call('HINCRBY', k, 'free', -tonumber(ARGV[a + 2]))
-  redis.call('HINCRBY', k, 'version', 1)
-  redis.call('HSET', k, 'updated_at', ARGV[2])
+  local k, l, a = KEYS[5 + 2 * i], KEYS[6 + 2 * i], 4 + 7 * i
+  local o = sget(KEYS[4], ARGV[a + 6])
+  o.free, o.version, o.updated_at = tostring(tonumber(o.free) - tonumber(ARGV[a + 2])), tostring(tonumber(o.version) + 1), ARGV[2]
+  redis.call('HSET', KEYS[4], ARGV[a + 6], spack(o))
   redis.call('HSET', l, 'json', ARGV[a + 4], 'status', 'reserved')
   redis.call('XADD', KEYS[2], '*', 'k', 'trade', 'v', ARGV[a + 5])
-  local h = redis.call('HGETALL', k)
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 't', 'upsert', unpack(h))
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 't', 'upsert', unpack(offer(k, o)))
 end
 redis.call('SET', KEYS[1], ARGV[4])
 return {'ok', ARGV[4]}
@@ -182,7 +179,7 @@ func (s *Store) ReserveAll(ctx context.Context, parts []Reservation) (Reserved, 
 	}
 	first := parts[0].Lease
 	m := market.MarketKey{Class: first.ResourceClass, Region: first.Region}
-	keys := []string{OrderLeaseKey(m, first.OrderID), TradeStreamKey(m), ChangeStreamKey(m)}
+	keys := []string{OrderLeaseKey(m, first.OrderID), TradeStreamKey(m), ChangeStreamKey(m), StateKey(m)}
 	args := []any{len(parts), ms(parts[0].Now), changeStreamMaxLen}
 	for _, r := range parts {
 		if r.Lease.ResourceClass != m.Class || r.Lease.Region != m.Region {
@@ -197,7 +194,7 @@ func (s *Store) ReserveAll(ctx context.Context, parts []Reservation) (Reserved, 
 			return Reserved{}, fmt.Errorf("catalog: encode trade: %w", err)
 		}
 		keys = append(keys, OfferKey(m, r.Lease.OfferID), LeaseKey(m, r.Lease.ID))
-		args = append(args, r.Lease.ID, r.Price.String(), r.Lease.Units, r.Lease.Hours, lease, trade)
+		args = append(args, r.Lease.ID, r.Price.String(), r.Lease.Units, r.Lease.Hours, lease, trade, r.Lease.OfferID)
 	}
 	res, err := reserveAllScript.Run(ctx, s.rdb, keys, args...).StringSlice()
 	if err != nil {
