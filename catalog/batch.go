@@ -498,12 +498,16 @@ func (s *Store) forgetState(id string) {
 func (s *Store) SubmitUpdate(u OfferUpdate, done func(UpdateResult)) {
 	// The market is cached after an offer's first update; finding it here
 	// keeps every update of an offer in one shard, so in order.
-	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
-	m, err := s.OfferMarket(ctx, u.ID)
-	cancel()
-	if err != nil {
-		done(UpdateResult{Err: err})
-		return
+	m, ok := s.cachedMarket(u.ID)
+	if !ok {
+		ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
+		var err error
+		m, err = s.OfferMarket(ctx, u.ID)
+		cancel()
+		if err != nil {
+			done(UpdateResult{Err: err})
+			return
+		}
 	}
 	b := &s.batchers[marketShard(m)]
 	b.mu.Lock()
