@@ -2,6 +2,7 @@ package matching
 
 import (
 	"math"
+	"slices"
 
 	"computebroker/market"
 	"computebroker/voucher"
@@ -39,22 +40,38 @@ func (q *query) judge(key *market.MarketKey) {
 	if key.Class != q.class {
 		q.mktClass = ReasonWrongClass
 	}
-	if !q.req.Job.InRegion(key.Region) {
+	if !inRegions(q.req.Job.Regions, key.Region) {
 		q.mktRegion = ReasonWrongRegion
 	}
 }
 
+// inRegions is market.Job.InRegion on the job's regions, without copying
+// the Job (a value receiver) for every market.
+func inRegions(regions []string, region string) bool {
+	return len(regions) == 0 || slices.Contains(regions, region)
+}
+
 func newQuery(req *Request) query {
-	q := query{req: req, class: req.Job.ResourceClass, maxTicks: math.MaxInt64, minUnits: req.Job.Units}
+	var q query
+	q.reset(req)
+	return q
+}
+
+// reset makes q the query of req, field by field: a query built whole and
+// copied is stored in words and read back in wider loads that wait for the
+// stores (no store forwarding). It reads the max price itself where
+// Job.HasMaxPrice would copy the Job.
+func (q *query) reset(req *Request) {
+	q.req, q.class, q.maxTicks, q.minUnits = req, req.Job.ResourceClass, math.MaxInt64, req.Job.Units
+	q.mkt, q.mktClass, q.mktRegion = nil, ReasonNone, ReasonNone
 	if q.class == "" {
 		q.class = req.Class.ID
 	}
-	if req.Job.HasMaxPrice() {
+	if req.Job.MaxPrice.IsPositive() {
 		if t, _, clamped := voucher.FloorScaled(req.Job.MaxPrice, market.PriceScale); !clamped {
 			q.maxTicks = t
 		}
 	}
-	return q
 }
 
 // item is the cold part of a book entry: the offer and provider as given.
@@ -286,7 +303,7 @@ func (regionChecker) check(q *query, s *slot) Reason {
 	if s.mkt == q.mkt {
 		return q.mktRegion
 	}
-	if !q.req.Job.InRegion(s.mkt.Region) {
+	if !inRegions(q.req.Job.Regions, s.mkt.Region) {
 		return ReasonWrongRegion
 	}
 	return ReasonNone

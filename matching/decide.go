@@ -43,6 +43,20 @@ func comparePick(a, b *pick) int {
 	return compareSlotAt(a.sn, a.at, b)
 }
 
+// after reports whether w comes after a pick of net net for sn.slots[at].
+func (w *pick) after(net int64, sn *Snapshot, at int) bool {
+	if net != w.net {
+		return net < w.net
+	}
+	return compareSlotAt(sn, at, w) < 0
+}
+
+// set fills p field by field (see price).
+func (p *pick) set(sl *slot, sn *Snapshot, at int, gross, disc, net int64, grant int) {
+	p.s, p.sn, p.at = sl, sn, at
+	p.gross, p.disc, p.net, p.grant = gross, disc, net, grant
+}
+
 // compareSlotAt compares sn.slots[i] with the slot of w in book order. In
 // one snapshot that is the order of their indices: the slots are not read.
 func compareSlotAt(sn *Snapshot, i int, w *pick) int {
@@ -327,12 +341,22 @@ func (s *Scratch) complete() {
 	s.cuts = s.cuts[:0]
 }
 
-// examined records that the scan examined sp.
-func (s *Scratch) examined(sp span) {
-	if sp.to > sp.from {
-		s.considered += sp.to - sp.from
-		s.spans = append(s.spans, sp)
+// examined records that the scan examined the span of sn, prov, from and
+// to (see span).
+func (s *Scratch) examined(sn *Snapshot, prov []provEntry, from, to int) {
+	if to > from {
+		s.considered += to - from
+		s.spans = appendSpan(s.spans, sn, prov, from, to)
 	}
+}
+
+// appendSpan appends a span to spans, written in place field by field
+// (see price).
+func appendSpan(spans []span, sn *Snapshot, prov []provEntry, from, to int) []span {
+	spans = append(spans, span{})
+	sp := &spans[len(spans)-1]
+	sp.sn, sp.prov, sp.from, sp.to = sn, prov, from, to
+	return spans
 }
 
 // intRequest reports whether the request's job fits the integer path: units
@@ -352,7 +376,7 @@ func (s *Scratch) prepare(req *Request, limit int) bool {
 	s.cuts, s.spans = s.cuts[:0], s.spans[:0]
 	s.counts = reasonCounts{}
 	s.considered = 0
-	s.q = newQuery(req)
+	s.q.reset(req)
 	s.vouchers = false
 	if !intRequest(req) {
 		return false
@@ -555,13 +579,15 @@ func (s *Scratch) scan(snaps []*Snapshot) {
 			if s.q.maxTicks < math.MaxInt64 {
 				end, _ = slices.BinarySearchFunc(sn.hot, s.q.maxTicks+1, func(h hotSlot, t int64) int { return cmp.Compare(h.ticks, t) })
 			}
-			s.examined(span{sn: sn, to: end})
+			s.examined(sn, nil, 0, end)
 			if end < len(sn.hot) {
-				s.cuts = append(s.cuts, span{sn: sn, from: end, to: len(sn.hot)})
+				s.cuts = appendSpan(s.cuts, sn, nil, end, len(sn.hot))
 			}
 			continue
 		}
-		s.curs = append(s.curs, cursor{sn: sn, f: f, ticks: sn.first, region: s.regionMask(sn.Market.Region)})
+		s.curs = append(s.curs, cursor{}) // written in place (see price)
+		c := &s.curs[len(s.curs)-1]
+		c.sn, c.f, c.ticks, c.region = sn, f, sn.first, s.regionMask(sn.Market.Region)
 	}
 	if len(s.curs) == 1 {
 		s.run(&s.curs[0], math.MaxInt64)
@@ -606,9 +632,9 @@ func (s *Scratch) scan(snaps []*Snapshot) {
 	}
 	for j := range s.curs {
 		c := &s.curs[j]
-		s.examined(span{sn: c.sn, to: c.i})
+		s.examined(c.sn, nil, 0, c.i)
 		if c.state == atCut {
-			s.cuts = append(s.cuts, span{sn: c.sn, from: c.i, to: len(c.sn.slots)})
+			s.cuts = appendSpan(s.cuts, c.sn, nil, c.i, len(c.sn.slots))
 		}
 	}
 }
@@ -668,7 +694,9 @@ func (s *Scratch) scanScoped() {
 			if s.full() && s.beyond(bound, c.ticks, c.sn, c.i) {
 				continue // even at the stop price this provider cannot win
 			}
-			s.scoped = append(s.scoped, scoped{cur: ci, bound: bound, num: p.num})
+			s.scoped = append(s.scoped, scoped{}) // written in place (see price)
+			sc := &s.scoped[len(s.scoped)-1]
+			sc.cur, sc.bound, sc.num = ci, bound, p.num
 		}
 	}
 	for k := range s.scoped {
@@ -711,7 +739,7 @@ func (s *Scratch) scanProvider(c *cursor, bound uint64, h *provHead, num int32) 
 		}
 	}
 	if k > k0 {
-		s.examined(span{sn: sn, prov: list, from: k0, to: k})
+		s.examined(sn, list, k0, k)
 	}
 }
 
@@ -744,7 +772,7 @@ func (s *Scratch) scanAll(sn *Snapshot) {
 	for i := range sn.slots {
 		sl := &sn.slots[i]
 		if sl.ticks > s.q.maxTicks {
-			s.cuts = append(s.cuts, span{sn: sn, from: i, to: len(sn.slots)})
+			s.cuts = appendSpan(s.cuts, sn, nil, i, len(sn.slots))
 			return
 		}
 		s.considered++
@@ -778,8 +806,8 @@ func (s *Scratch) take(sn *Snapshot, i int, rm uint64) {
 // the signatures meet.
 func (s *Scratch) price(sn *Snapshot, at int, region string, rm uint64, ticks, listTicks int64, acct *market.Account, sig uint64, num int32) {
 	sl := &sn.slots[at]
-	p := pick{s: sl, sn: sn, at: at, gross: grossCents(ticks, s.uh), grant: -1}
-	p.net = p.gross
+	gross := grossCents(ticks, s.uh)
+	grant, disc, net := -1, int64(0), gross
 	if s.vouchers {
 		t := voucher.Target{Provider: acct, Region: region, PriceTicks: ticks, ListTicks: listTicks,
 			Ref: s.req.Reference, ProviderSig: sig}
@@ -789,28 +817,35 @@ func (s *Scratch) price(sn *Snapshot, at int, region string, rm uint64, ticks, l
 		var idx int
 		var d int64
 		if s.masked {
-			idx, d = s.prep.ChooseIn(&t, p.gross, s.grantsIn(rm, num))
+			idx, d = s.prep.ChooseIn(&t, gross, s.grantsIn(rm, num))
 		} else {
-			idx, d = s.prep.Choose(&t, p.gross)
+			idx, d = s.prep.Choose(&t, gross)
 		}
 		if idx >= 0 {
-			p.grant, p.disc, p.net = idx, d, p.gross-d
+			grant, disc, net = idx, d, gross-d
 		}
 	}
-	if s.limit <= 0 {
-		s.picks = append(s.picks, p)
-		return
-	}
+	// The pick is written in place, field by field, once its position is
+	// known: a pick built whole and copied is stored in words and read back
+	// in wider loads that wait for the stores (no store forwarding).
 	n := len(s.picks)
-	if n < s.limit {
-		s.picks = append(s.picks, p)
-		n++
-	} else if comparePick(&p, &s.picks[n-1]) < 0 {
-		s.picks[n-1] = p
-	} else {
+	if s.limit <= 0 {
+		s.picks = append(s.picks, pick{})
+		s.picks[n].set(sl, sn, at, gross, disc, net, grant)
 		return
 	}
-	for i := n - 1; i > 0 && comparePick(&s.picks[i], &s.picks[i-1]) < 0; i-- {
-		s.picks[i], s.picks[i-1] = s.picks[i-1], s.picks[i]
+	if n >= s.limit {
+		if !s.picks[n-1].after(net, sn, at) {
+			return
+		}
+		n-- // the new pick replaces the last
+	} else {
+		s.picks = append(s.picks, pick{})
 	}
+	j := n
+	for j > 0 && s.picks[j-1].after(net, sn, at) {
+		j--
+	}
+	copy(s.picks[j+1:n+1], s.picks[j:n])
+	s.picks[j].set(sl, sn, at, gross, disc, net, grant)
 }
