@@ -8,6 +8,7 @@ import (
 	"slices"
 	"testing"
 	"time"
+	"unsafe"
 
 	"computebroker/market"
 
@@ -306,3 +307,33 @@ func TestPrepareTermsTimes(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestTermsColdLayout: termsCold is 256 bytes (a size class whose objects
+// start on a cache line) and its scope lists and first inline id share
+// the first line.
+func TestTermsColdLayout(t *testing.T) {
+	var c termsCold
+	if n := unsafe.Sizeof(c); n != 256 {
+		t.Fatalf("termsCold is %d bytes", n)
+	}
+	if end := unsafe.Offsetof(c.inline) + unsafe.Sizeof(c.inline[0]); end > 64 {
+		t.Fatalf("inline[0] ends at %d", end)
+	}
+}
+
+// TestTermsInlineScopes: scope lists copied into the terms keep their
+// entries, and lists too long to copy stay the programme's.
+func TestTermsInlineScopes(t *testing.T) {
+	long := []string{"a", "b", "c", "d", "e"}
+	for _, tc := range []struct{ providers, regions []string }{
+		{nil, nil}, {[]string{"p1", "p2"}, []string{"r1"}}, {long, []string{"r1"}},
+		{[]string{"p1"}, long}, {[]string{"p1", "p2", "p3"}, []string{"r1", "r2"}}, {[]string{}, []string{"r"}},
+	} {
+		g := Grant{Program: market.Program{Providers: tc.providers, Regions: tc.regions}}
+		c := TermsOf([]Grant{g})[0].cold
+		if !slices.Equal(c.providers, tc.providers) || !slices.Equal(c.regions, tc.regions) ||
+			len(c.providers) != len(tc.providers) || len(c.regions) != len(tc.regions) {
+			t.Fatalf("TermsOf(%q, %q) kept %q, %q", tc.providers, tc.regions, c.providers, c.regions)
+		}
+	}
+}

@@ -46,11 +46,30 @@ const (
 )
 
 // termsCold is the part of a Terms read only for scoped grants, exact
-// times and large rates.
+// times and large rates. The scope lists come first, and up to
+// len(inline) of their ids are copied into it, the first in the same
+// cache line: a decision reads a scoped grant's lists and their first ids
+// with one miss fewer than through the programme's own arrays. 256 bytes:
+// a size class whose objects start on a cache line.
 type termsCold struct {
+	providers, regions            []string
+	inline                        [4]string // backing for short scope lists
+	classes                       []string
 	expiresAt, validFrom, validTo time.Time
-	classes, regions, providers   []string
 	rateBP                        [4]int64
+	_                             [16]byte
+}
+
+// keep returns list, copied into c.inline after its first n entries when
+// it fits there; n is how many are taken then.
+func (c *termsCold) keep(list []string, n *int) []string {
+	if len(list) == 0 || *n+len(list) > len(c.inline) {
+		return list
+	}
+	in := c.inline[*n : *n+len(list) : *n+len(list)]
+	copy(in, list)
+	*n += len(list)
+	return in
 }
 
 // wallNanos returns t in Unix nanoseconds when t has no monotonic reading
@@ -75,7 +94,10 @@ func TermsOf(grants []Grant) []Terms {
 		g := &grants[i]
 		t := &out[i]
 		c := &termsCold{expiresAt: g.Voucher.ExpiresAt, validFrom: g.Program.ValidFrom, validTo: g.Program.ValidTo,
-			classes: g.Program.ResourceClasses, regions: g.Program.Regions, providers: g.Program.Providers}
+			classes: g.Program.ResourceClasses}
+		n := 0
+		c.providers = c.keep(g.Program.Providers, &n)
+		c.regions = c.keep(g.Program.Regions, &n)
 		*t = Terms{holderID: g.Voucher.HolderID, cold: c}
 		if g.Available.IsPositive() && g.CapLeft.IsPositive() && g.BudgetLeft.IsPositive() &&
 			!(g.Voucher.ProgramID != "" && g.Program.ID != "" && g.Voucher.ProgramID != g.Program.ID) {
