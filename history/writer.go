@@ -52,7 +52,7 @@ type Source interface {
 
 // WriterOptions tune a Writer. Zero values take the defaults.
 type WriterOptions struct {
-	// BatchSize is the most rows one insert carries (default 10000): a
+	// BatchSize is the most rows one insert carries (default 100000): a
 	// message is one row, a KindTicks message one per tick. Reads are sized
 	// by the rows per message seen so far, so a batch may overshoot a little.
 	BatchSize int
@@ -124,8 +124,13 @@ type held struct {
 
 type msgKey struct{ stream, id string }
 
+// defaultBatchSize is large enough that, below 100k rows/s, the flush
+// interval alone decides when to insert: one insert a second, one new part
+// for ClickHouse to merge. At 10,000 rows a batch, 30k price ticks/s made
+// three parts a second, and merging them cost ClickHouse 2-4 times the CPU
+// (docs/BENCHMARKS.md).
 const (
-	defaultBatchSize         = 10000
+	defaultBatchSize         = 100000
 	defaultFlushInterval     = time.Second
 	defaultMaxBackoff        = 5 * time.Second
 	defaultFinalFlushTimeout = 5 * time.Second
