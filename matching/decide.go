@@ -846,6 +846,8 @@ func (s *Scratch) price(sn *Snapshot, at int, region string, rm uint64, ticks, l
 	for j > 0 && s.picks[j-1].after(net, sn, at) {
 		j--
 	}
-	copy(s.picks[j+1:n+1], s.picks[j:n])
+	if j < n {
+		copy(s.picks[j+1:n+1], s.picks[j:n])
+	}
 	s.picks[j].set(sl, sn, at, gross, disc, net, grant)
 }
