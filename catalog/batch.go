@@ -491,25 +491,11 @@ func (s *Store) forgetState(id string) {
 
 // SubmitUpdate queues an offer update for the next batch and returns at
 // once; done is called with its result, from the batch's goroutine, once
-// the batch has run (or before SubmitUpdate returns, when the offer's
-// market cannot be found: not_found or unavailable). done must not block.
-// Updates of one offer are applied, and their done called, in submission
-// order; updates of different offers may complete in any order.
+// the batch has run. done must not block. Updates of one offer are applied,
+// and their done called, in submission order; updates of different offers
+// may complete in any order.
 func (s *Store) SubmitUpdate(u OfferUpdate, done func(UpdateResult)) {
-	// The market is cached after an offer's first update; finding it here
-	// keeps every update of an offer in one shard, so in order.
-	m, ok := s.cachedMarket(u.ID)
-	if !ok {
-		ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
-		var err error
-		m, err = s.OfferMarket(ctx, u.ID)
-		cancel()
-		if err != nil {
-			done(UpdateResult{Err: err})
-			return
-		}
-	}
-	b := &s.batchers[marketShard(m)]
+	b := &s.batchers[batchShard(u.ID)]
 	b.mu.Lock()
 	b.queue = append(b.queue, pendingUpdate{u, done})
 	if b.running {
@@ -521,33 +507,25 @@ func (s *Store) SubmitUpdate(u OfferUpdate, done func(UpdateResult)) {
 	go s.runBatches(b)
 }
 
-// batchShards is how many batches may be in Redis at once. Each market
+// batchShards is how many batches may be in Redis at once. Each offer
 // belongs to one shard, whose batches run one after the other, so an
 // offer's updates stay in order. A batch's round trip takes several times
 // its script's run in Redis (the request is read in 16 KB steps between
 // other clients' commands, the reply waits for a core on a busy machine),
 // so four shards keep Redis busier than two: 30.2k against 25.8k updates/s
-// (medians of 6 alternating runs, docs/BENCHMARKS.md). Sharding by market
-// rather than by offer puts more updates of each market in a batch, and
-// the script's work per market (a state read and write, the index moves,
-// two stream entries) is shared by more of them.
+// (medians of 6 alternating runs, docs/BENCHMARKS.md). Shards by market
+// instead put more updates of each market in a batch and cost Redis less
+// per update, but kept fewer batches in flight: 31.4k-37.9k against
+// 35.0k-36.7k updates/s with shards by offer (4 alternating pairs), and a
+// market that takes most updates would have one batch at a time.
 const batchShards = 4
 
-// marketShard is the batch shard of a market's offers.
-func marketShard(m market.MarketKey) int {
-	h := fnv(2166136261, m.Class)
-	h = fnv(h, m.Region)
-	return int(h % batchShards)
-}
-
-// batchShard is the offer-state cache shard of an offer.
-func batchShard(id string) int { return int(fnv(2166136261, id) % batchShards) }
-
-func fnv(h uint32, s string) uint32 {
-	for i := 0; i < len(s); i++ {
-		h = (h ^ uint32(s[i])) * 16777619
+func batchShard(id string) int {
+	var h uint32 = 2166136261
+	for i := 0; i < len(id); i++ {
+		h = (h ^ uint32(id[i])) * 16777619
 	}
-	return h
+	return int(h % batchShards)
 }
 
 // batchTimeout bounds one batch's Redis call.
