@@ -181,31 +181,36 @@ func (s *Store) insertTicks(ctx context.Context, ticks []market.Tick) (int, erro
 		offer   string
 		version int64
 	}
-	seen := make(map[key]bool, len(ticks))
-	uniq := make([]market.Tick, 0, len(ticks))
 	for i := range ticks {
-		t := &ticks[i]
-		if err := checkTick(t); err != nil {
+		if err := checkTick(&ticks[i]); err != nil {
 			return 0, err
 		}
+	}
+	// The columns are filled straight from ticks, skipping repeats.
+	m := len(ticks)
+	seen := make(map[key]struct{}, m)
+	offerID, providerID, class, region := make([]string, 0, m), make([]string, 0, m), make([]string, 0, m), make([]string, 0, m)
+	price, unitsFree, version := make([]decimal.Decimal, 0, m), make([]int64, 0, m), make([]int64, 0, m)
+	ts := make([]time.Time, 0, m)
+	for i := range ticks {
+		t := &ticks[i]
 		k := key{t.OfferID, t.Version}
-		if seen[k] {
+		if _, dup := seen[k]; dup {
 			continue
 		}
-		seen[k] = true
-		uniq = append(uniq, *t)
+		seen[k] = struct{}{}
+		offerID, providerID = append(offerID, t.OfferID), append(providerID, t.ProviderID)
+		class, region = append(class, t.ResourceClass), append(region, t.Region)
+		price, unitsFree, version, ts = append(price, t.Price), append(unitsFree, t.UnitsFree), append(version, t.Version), append(ts, t.TS)
 	}
-	n := len(uniq)
+	n := len(offerID)
 	if n == 0 {
 		return 0, nil
 	}
-	offerID, providerID, class, region := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-	price, unitsFree, version := make([]decimal.Decimal, n), make([]int64, n), make([]int64, n)
-	ts, insertedAt := make([]time.Time, n), make([]time.Time, n)
+	insertedAt := make([]time.Time, n)
 	now := s.now().UTC().Truncate(time.Second)
-	for i, t := range uniq {
-		offerID[i], providerID[i], class[i], region[i] = t.OfferID, t.ProviderID, t.ResourceClass, t.Region
-		price[i], unitsFree[i], version[i], ts[i], insertedAt[i] = t.Price, t.UnitsFree, t.Version, t.TS, now
+	for i := range insertedAt {
+		insertedAt[i] = now
 	}
 	err := s.sendColumns(ctx, "price_ticks",
 		"offer_id, provider_id, resource_class, region, price, units_free, version, ts, inserted_at",

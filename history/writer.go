@@ -350,6 +350,11 @@ func (w *Writer) flush(ctx context.Context) error {
 		ticks           []market.Tick
 		poison          int64
 	)
+	if w.rows > 0 {
+		// Sized once: at 100k rows a batch, growing it by appends was a
+		// tenth of the history writer's CPU.
+		ticks = make([]market.Tick, 0, w.rows)
+	}
 	for i := range w.batch {
 		h := &w.batch[i]
 		switch {
