@@ -189,18 +189,10 @@ func offerScriptError(id, op string, err error) error {
 	return unavailable(op, err)
 }
 
-// cachedMarket returns the market of an offer brokerd has located before.
-func (s *Store) cachedMarket(id string) (market.MarketKey, bool) {
-	if m, ok := s.locs.Load(id); ok {
-		return m.(market.MarketKey), true
-	}
-	return market.MarketKey{}, false
-}
-
 // OfferMarket returns the market an offer is listed in, or not_found.
 func (s *Store) OfferMarket(ctx context.Context, id string) (market.MarketKey, error) {
-	if m, ok := s.cachedMarket(id); ok {
-		return m, nil
+	if m, ok := s.locs.Load(id); ok {
+		return m.(market.MarketKey), nil
 	}
 	loc, err := s.rdb.HGet(ctx, offerLocKey, id).Result()
 	if errors.Is(err, redis.Nil) {
