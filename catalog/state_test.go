@@ -1,0 +1,28 @@
+package catalog
+
+import "testing"
+
+// TestStatePacking: an offer state survives packing and unpacking, in the
+// field order the scripts use, and malformed stored states are refused.
+func TestStatePacking(t *testing.T) {
+	st := offerState{version: 7, status: "active", provider: "prv_1", listed: true, units: 16, free: 12,
+		price: "21.5", priceAt: "1790000000000", updatedAt: "1790000001000", member: indexMember(215000, "o1")}
+	packed := st.pack()
+	if want := "7\tactive\t1\t21.5\t1790000000000\t16\t12\t1790000001000\t" + st.member + "\tprv_1"; packed != want {
+		t.Fatalf("packed %q, want %q", packed, want)
+	}
+	got, ok := stateOf(packed)
+	st.packed = packed
+	if !ok || got != st {
+		t.Fatalf("unpacked %+v, %v; want %+v", got, ok, st)
+	}
+	vals := map[string]string{"id": "o1", "provider": "prv_1", "list_price": "20"}
+	if !mergeState(vals, packed) || vals["version"] != "7" || vals["free"] != "12" || vals["member"] != st.member || vals["list_price"] != "20" {
+		t.Fatalf("merged %v", vals)
+	}
+	for _, bad := range []string{"", "7\tactive", packed + "\textra", "x\tactive\t1\t21.5\t1\t16\t12\t1\tm\tp", "7\tactive\t1\t21.5\t1\t16\t12\t\tm\tp"} {
+		if _, ok := stateOf(bad); ok {
+			t.Errorf("stateOf(%q) accepted", bad)
+		}
+	}
+}
