@@ -52,33 +52,10 @@ local function offer(k, o)
 end
 `
 
-// packState is the stored form of an offer state; f holds stateFields' values.
-func packState(f *[len(stateFields)]string) string {
-	n := len(f) - 1
-	for _, v := range f {
-		n += len(v)
-	}
-	var b strings.Builder
-	b.Grow(n)
-	for i, v := range f {
-		if i > 0 {
-			b.WriteByte('\t')
-		}
-		b.WriteString(v)
-	}
-	return b.String()
-}
-
-// unpackState splits a stored offer state into stateFields' values (which
-// share its memory).
-func unpackState(s string, f *[len(stateFields)]string) bool {
-	return splitFields(s, f[:])
-}
-
 // mergeState adds a stored offer state's fields to an offer hash's fields.
 func mergeState(vals map[string]string, s string) bool {
 	var f [len(stateFields)]string
-	if !unpackState(s, &f) {
+	if !splitFields(s, f[:]) {
 		return false
 	}
 	for i, name := range stateFields {
@@ -90,7 +67,7 @@ func mergeState(vals map[string]string, s string) bool {
 // stateOf reads a stored offer state as an offerState.
 func stateOf(s string) (offerState, bool) {
 	var f [len(stateFields)]string
-	if !unpackState(s, &f) {
+	if !splitFields(s, f[:]) {
 		return offerState{}, false
 	}
 	st := offerState{
@@ -107,15 +84,14 @@ func stateOf(s string) (offerState, bool) {
 	return st, true
 }
 
-// pack returns st's stored form.
+// pack returns st's stored form, in stateFields' order.
 func (st *offerState) pack() string {
 	listed := "0"
 	if st.listed {
 		listed = "1"
 	}
-	f := [len(stateFields)]string{
+	return strings.Join([]string{
 		strconv.FormatInt(st.version, 10), st.status, listed, st.price, st.priceAt,
 		strconv.FormatInt(st.units, 10), strconv.FormatInt(st.free, 10), st.updatedAt, st.member, st.provider,
-	}
-	return packState(&f)
+	}, "\t")
 }
