@@ -41,7 +41,8 @@ func compareSlotPtrs(a, b *slot) int {
 type Snapshot struct {
 	// hot packs, slot by slot, the facts the scan filters on (see
 	// hotSlot). hot, first and Market, which a scan reads first, fill the
-	// first cache line (the struct is 192 bytes, so allocated on 64).
+	// first cache line (the struct is 177 to 192 bytes, the 192-byte size
+	// class, so allocated on 64).
 	hot []hotSlot
 	// first is hot[0].ticks (when hot is not empty): the scan orders the
 	// markets by their next price without reading hot until a market
