@@ -221,7 +221,6 @@ type Book struct {
 	byID      map[string]slot
 	sorted    []slot               // working copy, book order
 	provs     map[string]*provider // latest known provider accounts
-	byProv    map[string][]slot    // working per-provider lists, book order
 	dirty     bool
 	version   uint64
 	snap      *atomic.Pointer[Snapshot] // the published snapshot
@@ -234,7 +233,6 @@ func NewBook(key market.MarketKey) *Book { return newBook(key, new(atomic.Pointe
 func newBook(key market.MarketKey, snap *atomic.Pointer[Snapshot]) *Book {
 	b := &Book{snap: snap,
 		key: key, byID: map[string]slot{}, provs: map[string]*provider{},
-		byProv: map[string][]slot{},
 	}
 	b.snap.Store(&Snapshot{Market: key, mkt: &b.key})
 	return b
@@ -297,21 +295,17 @@ func (b *Book) Upsert(offer market.Offer, provider market.Account) error {
 		p = b.provider(provider)
 		b.provs[provider.ID] = p
 	}
-	if had {
-		b.removeSlot(old)
-	}
 	// Share the book's strings: equal content, one copy, cheap compares.
 	offer.ResourceClass, offer.Region = b.key.Class, b.key.Region
-	b.addSlot(newSlot(&item{Candidate: Candidate{Offer: offer, Provider: p.acct}}, p, &b.key))
+	sl := newSlot(&item{Candidate: Candidate{Offer: offer, Provider: p.acct}}, p, &b.key)
+	if had {
+		b.sorted = moveSlot(b.sorted, old, sl)
+	} else {
+		b.sorted = insertSlot(b.sorted, sl)
+	}
+	b.byID[offer.ID] = sl
 	b.dirty = true
 	return nil
-}
-
-func (b *Book) addSlot(sl slot) {
-	pid := sl.it.Offer.ProviderID
-	b.byID[sl.it.Offer.ID] = sl
-	b.sorted = insertSlot(b.sorted, sl)
-	b.byProv[pid] = insertSlot(b.byProv[pid], sl)
 }
 
 // Remove drops the offer with id; it reports whether the book held it.
@@ -320,35 +314,33 @@ func (b *Book) Remove(offerID string) bool {
 	if !ok {
 		return false
 	}
-	b.removeSlot(sl)
+	b.sorted = deleteSlot(b.sorted, sl)
 	delete(b.byID, offerID)
 	b.dirty = true
 	return true
 }
 
-func (b *Book) removeSlot(sl slot) {
-	b.sorted = deleteSlot(b.sorted, sl)
-	pid := sl.it.Offer.ProviderID
-	b.byProv[pid] = deleteSlot(b.byProv[pid], sl)
-	if len(b.byProv[pid]) == 0 {
-		delete(b.byProv, pid)
-	}
-}
-
 // SetProvider records a provider's account (status, certifications, …) and
-// applies it to every offer of the provider in the book.
-func (b *Book) SetProvider(p market.Account) {
+// applies it to every offer of the provider in the book. It appends those
+// offers, as they are now, to changed and returns it. It scans the whole
+// book: a provider's change is rare next to price changes, which then need
+// no per-provider lists.
+func (b *Book) SetProvider(p market.Account, changed []slot) []slot {
 	rec := b.provider(p)
 	b.provs[p.ID] = rec
-	list := b.byProv[p.ID]
-	if len(list) == 0 {
-		return
+	for i := range b.sorted {
+		old := &b.sorted[i]
+		if old.prov.acct.ID != p.ID {
+			continue
+		}
+		// The provider is not part of the book's order: the slot stays put.
+		sl := newSlot(&item{Candidate: Candidate{Offer: old.it.Offer, Provider: p}}, rec, &b.key)
+		*old = sl
+		b.byID[sl.it.Offer.ID] = sl
+		changed = append(changed, sl)
+		b.dirty = true
 	}
-	for _, sl := range slices.Clone(list) {
-		b.removeSlot(sl)
-		b.addSlot(newSlot(&item{Candidate: Candidate{Offer: sl.it.Offer, Provider: p}}, rec, &b.key))
-	}
-	b.dirty = true
+	return changed
 }
 
 // Offer returns the book's current (possibly unpublished) offer with id.
@@ -415,14 +407,41 @@ func insertSlot(s []slot, sl slot) []slot {
 	return slices.Insert(s, i, sl)
 }
 
-func deleteSlot(s []slot, sl slot) []slot {
+// moveSlot replaces old, which s holds, by sl, keeping s in book order: one
+// shift of the slots between the two places instead of a delete and an
+// insert that each shift the tail.
+func moveSlot(s []slot, old, sl slot) []slot {
+	i := indexSlot(s, old)
+	if i < 0 {
+		return insertSlot(s, sl) // not held (should not happen)
+	}
+	j, _ := slices.BinarySearchFunc(s, sl, compareSlots)
+	switch {
+	case j > i+1:
+		j-- // sl goes where s[j-1] ends up once old is gone
+		copy(s[i:j], s[i+1:j+1])
+	case j < i:
+		copy(s[j+1:i+1], s[j:i])
+	default:
+		j = i
+	}
+	s[j] = sl
+	return s
+}
+
+// indexSlot returns where s holds sl, or -1.
+func indexSlot(s []slot, sl slot) int {
 	i, found := slices.BinarySearchFunc(s, sl, compareSlots)
 	if found && s[i].it == sl.it {
-		return slices.Delete(s, i, i+1)
+		return i
 	}
 	// Not at its key (should not happen): fall back to identity.
-	if j := slices.IndexFunc(s, func(x slot) bool { return x.it == sl.it }); j >= 0 {
-		return slices.Delete(s, j, j+1)
+	return slices.IndexFunc(s, func(x slot) bool { return x.it == sl.it })
+}
+
+func deleteSlot(s []slot, sl slot) []slot {
+	if i := indexSlot(s, sl); i >= 0 {
+		return slices.Delete(s, i, i+1)
 	}
 	return s
 }

@@ -386,8 +386,7 @@ func (e *Engine) applyEvent(o *owner, ev Event, changed []slot) []slot {
 	case EventRemove:
 		b.Remove(ev.OfferID)
 	case EventProvider:
-		b.SetProvider(ev.Provider)
-		changed = append(changed, b.byProv[ev.Provider.ID]...)
+		changed = b.SetProvider(ev.Provider, changed)
 	}
 	return changed
 }

@@ -229,7 +229,7 @@ func TestBook(t *testing.T) {
 	must(b.Upsert(old, prov("p1")))
 	susp := prov("p2")
 	susp.Status = market.ProviderSuspended
-	b.SetProvider(susp)
+	b.SetProvider(susp, nil)
 	must(b.Upsert(off("c", "p2", "17"), prov("p2"))) // stale approved copy: the book keeps the suspension
 	s2 := b.Publish()
 	if got := ids(Rank(request(), s1.Candidates(), 0).Matches); !slices.Equal(got, []string{"b", "a"}) {

@@ -51,7 +51,7 @@ func TestFilterEqualsChain(t *testing.T) {
 			p.Status = []market.ProviderStatus{market.ProviderApproved, market.ProviderSuspended, market.ProviderPending}[rng.Intn(3)]
 			p.Certifications = []string{"mlps-3", fmt.Sprintf("cert-%d", rng.Intn(maxCerts+10))}
 			for _, b := range w.books {
-				b.SetProvider(p)
+				b.SetProvider(p, nil)
 			}
 		}
 		var snaps []*Snapshot
