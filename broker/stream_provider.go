@@ -81,6 +81,9 @@ type providerCommand struct {
 	OfferID string  `json:"offer_id"`
 	Price   *string `json:"price"`
 	Units   *int64  `json:"units"`
+	// scanCommand's storage for what Ref, Price and Units point to.
+	ref, price string
+	units      int64
 }
 
 type providerError struct {
@@ -266,8 +269,13 @@ func decodeCommand(msg []byte, cmd *providerCommand) error {
 // It reports false, leaving cmd in any state, for anything else, which
 // then goes through encoding/json: what it accepts, encoding/json accepts
 // with the same values.
+//
+// It makes one string of the message and takes the values as parts of it,
+// and keeps Ref, Price and Units in cmd itself: a command costs one
+// allocation besides cmd.
 func scanCommand(msg []byte, cmd *providerCommand) bool {
 	i := 0
+	var whole string // msg as a string, made when the first value is read
 	ws := func() {
 		for i < len(msg) && (msg[i] == ' ' || msg[i] == '\t' || msg[i] == '\n' || msg[i] == '\r') {
 			i++
@@ -282,7 +290,10 @@ func scanCommand(msg []byte, cmd *providerCommand) bool {
 			switch c := msg[j]; {
 			case c == '"':
 				i = j + 1
-				return string(msg[start:j]), true
+				if whole == "" {
+					whole = string(msg)
+				}
+				return whole[start:j], true
 			case c == '\\' || c < 0x20 || c >= 0x80:
 				return "", false
 			}
@@ -346,7 +357,8 @@ func scanCommand(msg []byte, cmd *providerCommand) bool {
 			if err != nil {
 				return false
 			}
-			cmd.Units = &u
+			cmd.units = u
+			cmd.Units = &cmd.units
 		} else {
 			v, ok := str()
 			if !ok {
@@ -354,13 +366,21 @@ func scanCommand(msg []byte, cmd *providerCommand) bool {
 			}
 			switch k {
 			case 0:
+				switch v { // the usual types without holding the message
+				case "price":
+					v = "price"
+				case "units":
+					v = "units"
+				}
 				cmd.Type = v
 			case 1:
-				cmd.Ref = &v
+				cmd.ref = v
+				cmd.Ref = &cmd.ref
 			case 2:
 				cmd.OfferID = v
 			case 3:
-				cmd.Price = &v
+				cmd.price = v
+				cmd.Price = &cmd.price
 			}
 		}
 		ws()
