@@ -197,6 +197,35 @@ type offerState struct {
 	packed                    string // the state as stored
 }
 
+// reprice makes st the state after a price change to ticks at now (ms),
+// for offer id, its version already raised: price, times, index member and
+// packed form, all parts of one new string built in buf, which it returns
+// for reuse.
+func (st *offerState) reprice(buf []byte, ticks int64, id, now string) []byte {
+	b := strconv.AppendInt(buf[:0], st.version, 10)
+	b = append(append(append(b, '\t'), st.status...), '\t')
+	if st.listed {
+		b = append(b, '1')
+	} else {
+		b = append(b, '0')
+	}
+	b = append(b, '\t')
+	p0 := len(b)
+	b = market.AppendTicks(b, ticks)
+	p1 := len(b)
+	b = append(append(append(b, '\t'), now...), '\t')
+	b = append(strconv.AppendInt(b, st.units, 10), '\t')
+	b = append(strconv.AppendInt(b, st.free, 10), '\t')
+	b = append(append(b, now...), '\t')
+	m0 := len(b)
+	b = appendMember(b, ticks, id)
+	m1 := len(b)
+	b = append(append(b, '\t'), st.provider...)
+	st.packed = string(b)
+	st.price, st.member, st.priceAt, st.updatedAt = st.packed[p0:p1], st.packed[m0:m1], now, now
+	return b
+}
+
 // stateCache holds the offerStates of one batch shard.
 type stateCache struct {
 	mu sync.Mutex
@@ -216,7 +245,11 @@ func (s *Store) states(id string) *stateCache { return &s.stateCaches[batchShard
 // is checked and applied on its own: one refused update does not refuse the
 // others. A Redis failure fails every update of its group.
 func (s *Store) UpdateOffers(ctx context.Context, us []OfferUpdate) []UpdateResult {
-	res := make([]UpdateResult, len(us))
+	return s.updateOffers(ctx, us, make([]UpdateResult, len(us)))
+}
+
+// updateOffers is UpdateOffers into res, which holds len(us) zero results.
+func (s *Store) updateOffers(ctx context.Context, us []OfferUpdate, res []UpdateResult) []UpdateResult {
 	ticks := make([]int64, len(us)) // each new price in ticks
 	type mkt struct {
 		key market.MarketKey
@@ -340,9 +373,21 @@ func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.Mar
 	keys := make([]string, 0, 4*len(markets))
 	args := make([]any, 0, 2+3*len(markets)+8*len(idx))
 	pred = make([]*offerState, len(idx))
+	// The predicted states, in one array, and the other strings a
+	// prediction sends, in another: a prediction's arguments point into
+	// them (go-redis writes a *string; boxing a string would allocate).
+	// Both have room for all, so the pointers hold.
+	states := make([]offerState, 0, len(idx))
+	strs := make([]string, 0, 4*len(idx))
+	str := func(v string) *string {
+		strs = append(strs, v)
+		return &strs[len(strs)-1]
+	}
 	// batch: an offer's state after its earlier updates in this batch (nil:
 	// unknown, after an update that goes checked).
 	var batch map[string]*offerState
+	var buf []byte
+	lastMs, lastNow := int64(-1), ""
 	args = append(args, len(markets), changeStreamMaxLen)
 	for _, m := range markets {
 		keys = append(keys, StateKey(m), IndexKey(m), ChangeStreamKey(m), TradeStreamKey(m))
@@ -353,45 +398,66 @@ func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.Mar
 		offerPrefix := OfferKey(m, "")
 		for end := k + counts[j]; k < end; k++ {
 			u := &us[idx[k]]
-			now := strconv.FormatInt(ms(u.Now), 10)
-			if u.Now.IsZero() {
-				now = strconv.FormatInt(ms(time.Now()), 10)
+			t := u.Now
+			if t.IsZero() {
+				t = time.Now()
 			}
-			price, member := "", ""
-			if u.Price != nil {
-				price, member = market.TicksString(ticks[idx[k]]), indexMember(ticks[idx[k]], u.ID)
+			if msNow := ms(t); msNow != lastMs {
+				lastMs, lastNow = msNow, strconv.FormatInt(msNow, 10)
 			}
+			now := lastNow
 			var st *offerState
+			var known offerState
 			if b, ok := batch[u.ID]; ok {
 				st = b
 			} else if !s.checkedOnly {
 				c := s.states(u.ID)
 				c.mu.Lock()
-				if v, ok := c.m[u.ID]; ok {
-					st = &v
-				}
+				known, ok = c.m[u.ID]
 				c.mu.Unlock()
+				if ok {
+					st = &known
+				}
 			}
 			if batch == nil {
 				batch = make(map[string]*offerState)
 			}
 			if st != nil && u.Price != nil && u.Units == nil && !u.Full && st.provider == u.ProviderID && st.status == string(market.OfferActive) {
-				next := *st
+				expected, oldMember := str(st.packed), str(st.member)
+				states = append(states, *st)
+				next := &states[len(states)-1]
 				next.version++
-				next.price, next.priceAt, next.updatedAt, next.member = price, now, now, member
-				next.packed = next.pack()
-				pred[k], batch[u.ID] = &next, &next
-				delta, tick := "", ""
+				buf = next.reprice(buf, ticks[idx[k]], u.ID, now)
+				pred[k], batch[u.ID] = next, next
+				delta, tick := str(""), str("")
 				if st.listed {
-					v := strconv.FormatInt(next.version, 10)
-					units, free := strconv.FormatInt(st.units, 10), strconv.FormatInt(st.free, 10)
-					delta = u.ID + "\t" + v + "\t" + price + "\t" + units + "\t" + free + "\t" + now + "\t" + now
-					tick = u.ID + "\t" + u.ProviderID + "\t" + v + "\t" + price + "\t" + free + "\t" + now
+					// Both lines in one string: id, version, price, units,
+					// free, price_at, updated_at; id, provider, version,
+					// price, free, ts.
+					b := append(append(buf[:0], u.ID...), '\t')
+					b = append(strconv.AppendInt(b, next.version, 10), '\t')
+					b = append(append(b, next.price...), '\t')
+					b = append(strconv.AppendInt(b, next.units, 10), '\t')
+					b = append(strconv.AppendInt(b, next.free, 10), '\t')
+					b = append(append(append(b, now...), '\t'), now...)
+					d := len(b)
+					b = append(append(append(append(b, u.ID...), '\t'), u.ProviderID...), '\t')
+					b = append(strconv.AppendInt(b, next.version, 10), '\t')
+					b = append(append(b, next.price...), '\t')
+					b = append(strconv.AppendInt(b, next.free, 10), '\t')
+					b = append(b, now...)
+					lines := string(b)
+					*delta, *tick = lines[:d], lines[d:]
+					buf = b
 				}
-				args = append(args, "p", u.ID, st.packed, next.packed, st.member, member, delta, tick)
+				args = append(args, "p", &u.ID, expected, &next.packed, oldMember, &next.member, delta, tick)
 				continue
 			}
 			batch[u.ID] = nil
+			price, member := "", ""
+			if u.Price != nil {
+				price, member = market.TicksString(ticks[idx[k]]), indexMember(ticks[idx[k]], u.ID)
+			}
 			units, full := "", "0"
 			if u.Units != nil {
 				units = strconv.FormatInt(*u.Units, 10)
@@ -548,6 +614,7 @@ type batcher struct {
 
 func (s *Store) runBatches(b *batcher) {
 	var us []OfferUpdate
+	var res []UpdateResult
 	for {
 		b.mu.Lock()
 		if len(b.queue) == 0 {
@@ -559,7 +626,7 @@ func (s *Store) runBatches(b *batcher) {
 		// batch's array becomes the spare once the batch is done.
 		batch := b.queue
 		if len(batch) > maxBatch {
-			b.queue = append([]pendingUpdate(nil), batch[maxBatch:]...)
+			b.queue, b.spare = append(b.spare[:0], batch[maxBatch:]...), nil
 			batch = batch[:maxBatch]
 		} else {
 			b.queue, b.spare = b.spare[:0], nil
@@ -571,14 +638,19 @@ func (s *Store) runBatches(b *batcher) {
 			us = append(us, p.u)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
-		res := s.UpdateOffers(ctx, us)
+		if cap(res) < len(us) {
+			res = make([]UpdateResult, len(us), maxBatch)
+		}
+		res = s.updateOffers(ctx, us, res[:len(us)])
 		cancel()
 		s.batchRuns.Add(1)
 		for i, p := range batch {
 			p.done(res[i])
 		}
-		clear(batch)
-		if err := storeDown(res); err != nil {
+		clear(batch[:cap(batch)]) // also the copies of what stayed queued
+		err := storeDown(res)
+		clear(res)
+		if err != nil {
 			// Redis failed the whole batch: what queued meanwhile would
 			// meet the same Redis, one timeout per batch. It fails now,
 			// unsent, and the callers hear at once.

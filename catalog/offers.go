@@ -28,13 +28,20 @@ const changeStreamMaxLen = "100000"
 // have score 0 and sort lexicographically by zero-padded price ticks, then id,
 // which gives exact keyset pagination with ZRANGE BYLEX.
 func indexMember(ticks int64, id string) string {
-	var b [20]byte
-	d := strconv.AppendInt(b[:0], ticks, 10)
-	if ticks < 0 || len(d) > 19 {
-		return fmt.Sprintf("%019d|%s", ticks, id) // not a price PriceTicks gives
+	var b [84]byte
+	return string(appendMember(b[:0], ticks, id))
+}
+
+// appendMember appends indexMember(ticks, id) to b.
+func appendMember(b []byte, ticks int64, id string) []byte {
+	var d [20]byte
+	digits := strconv.AppendInt(d[:0], ticks, 10)
+	if ticks < 0 || len(digits) > 19 {
+		return fmt.Appendf(b, "%019d|%s", ticks, id) // not a price PriceTicks gives
 	}
 	const zeros = "0000000000000000000"
-	return zeros[:19-len(d)] + string(d) + "|" + id
+	b = append(append(b, zeros[:19-len(digits)]...), digits...)
+	return append(append(b, '|'), id...)
 }
 
 var memberRe = regexp.MustCompile(`^[0-9]{19}\|[A-Za-z0-9_.-]{1,64}$`)

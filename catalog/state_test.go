@@ -26,3 +26,26 @@ func TestStatePacking(t *testing.T) {
 		}
 	}
 }
+
+// TestReprice: the predicted state of a price change is exactly the packed
+// state of the changed fields, and its parts are the ones it packs.
+func TestReprice(t *testing.T) {
+	for _, listed := range []bool{true, false} {
+		st := offerState{version: 8, status: "active", provider: "prv_1", listed: listed, units: 16, free: 12,
+			price: "21.5", priceAt: "1790000000000", updatedAt: "1790000001000", member: indexMember(215000, "o1")}
+		st.packed = st.pack()
+		next := st
+		next.version++
+		buf := next.reprice([]byte("left over from before"), 190250, "o1", "1790000002000")
+		want := st
+		want.version, want.price, want.priceAt, want.updatedAt, want.member = 9, "19.025", "1790000002000", "1790000002000", indexMember(190250, "o1")
+		want.packed = want.pack()
+		if next.packed != want.packed || string(buf) != want.packed {
+			t.Fatalf("repriced %q, want %q", next.packed, want.packed)
+		}
+		got, ok := stateOf(next.packed)
+		if !ok || got != next || next != want {
+			t.Fatalf("repriced state %+v; unpacked %+v, %v; want %+v", next, got, ok, want)
+		}
+	}
+}

@@ -212,23 +212,30 @@ func FormatPrice(d decimal.Decimal) string {
 // ("21.5", "21", "0.2375").
 func TicksString(ticks int64) string { return formatTicks(ticks, false) }
 
+// AppendTicks appends TicksString(ticks) to b.
+func AppendTicks(b []byte, ticks int64) []byte { return appendTicks(b, ticks, false) }
+
 // formatTicks formats a non-negative tick count; cents keeps at least two
 // decimal places (FormatPrice), otherwise trailing zeros go (TicksString).
 func formatTicks(ticks int64, cents bool) string {
 	var b [24]byte
+	return string(appendTicks(b[:0], ticks, cents))
+}
+
+func appendTicks(out []byte, ticks int64, cents bool) []byte {
 	whole, frac := ticks/TicksPerCNY, ticks%TicksPerCNY
-	out := strconv.AppendInt(b[:0], whole, 10)
+	out = strconv.AppendInt(out, whole, 10)
 	digits := PriceScale
 	for digits > 0 && frac%10 == 0 && (!cents || digits > AmountScale) {
 		frac /= 10
 		digits--
 	}
 	if digits == 0 {
-		return string(out)
+		return out
 	}
 	out = append(out, '.')
 	for p := pow10[digits-1]; p > 0; p /= 10 {
 		out = append(out, byte('0'+frac/p%10))
 	}
-	return string(out)
+	return out
 }
