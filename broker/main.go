@@ -173,7 +173,7 @@ func (m *Main) Run(ctx context.Context) error {
 	if n, err := offers.MigrateOfferStates(ctx); err != nil {
 		return fmt.Errorf("migrate offers: %w", err)
 	} else if n > 0 {
-		m.log.Info("offers moved to the state-hash layout", "offers", n)
+		m.log.Info("offers brought to the current layout", "changes", n)
 	}
 	led := ledger.New(rdb)
 	metrics := NewMetrics(nil)

@@ -34,13 +34,14 @@ const maxBatch = 256
 // trade stream at 4j-3 … 4j; then the offer hash of every checked update,
 // in argument order. ARGV: nm, change-stream maxlen; then per market its
 // class, region and number of updates, followed by those updates, each a
-// kind and seven arguments:
+// kind and its arguments:
 //
-//	"s" (checked): id, provider, price ("" = unchanged), index member,
-//	    units ("" = unchanged), full ("1": reply with the offer), now (ms)
-//	"p" (predicted price change): id, expected state, new state, old index
-//	    member, new index member, delta line, tick line ("" and "" when
-//	    the offer is not listed)
+//	"s" (checked), seven: id, provider, price ("" = unchanged), index
+//	    score (the price in ticks), units ("" = unchanged), full ("1":
+//	    reply with the offer), now (ms)
+//	"p" (predicted price change), six: id, expected state, new state, new
+//	    index score, delta line, tick line ("" and "" when the offer is
+//	    not listed)
 //
 // A "p" update is brokerd's prediction of what the checked path would do to
 // an offer it knows (offerState): it applies only when the offer's stored
@@ -48,16 +49,19 @@ const maxBatch = 256
 // what the checks would have made. (Every change of an offer bumps its
 // version and sets updated_at, so the whole state also tells a version that
 // came round again, after a Redis lost its last writes.) Otherwise it takes
-// the checked path in place, with the price, index member and time of the
+// the checked path in place, with the price, index score and time of the
 // new state, so the order of an offer's updates holds.
 //
 // Per market, the script reads the states of all its offers in one HMGET,
 // keeps them in Lua while it applies the updates in order, and writes the
-// changed ones back in one HSET; the index moves go in one ZREM and one
-// ZADD, the change-stream lines in one entry, the ticks in one entry. On
-// Redis 7.0 each command a script runs, and each value crossing between
-// Lua and Redis, costs far more than the comparisons, which is why the
-// predicted path carries whole packed states (docs/BENCHMARKS.md).
+// changed ones back in one HSET; the index moves go in one ZADD, one score
+// an offer (the index scores offers by price: a move is a new score; an
+// offer that moves several times in a batch, as a busy one does, moves
+// once), the change-stream
+// lines in one entry, the ticks in one entry. On Redis 7.0 each command a
+// script runs, and each value crossing between Lua and Redis, costs far
+// more than the comparisons, which is why the predicted path carries whole
+// packed states (docs/BENCHMARKS.md).
 //
 // The reply has one element per update: 1 (the prediction applied), "S"
 // and the new packed state joined by a tab (the checked path applied), the
@@ -76,23 +80,25 @@ for mi = 1, nm do
   a = a + 3
   -- cur: each offer's stored state as the batch goes (false: none)
   local ids, seen, cur, dirty = {}, {}, {}, {}
-  for i = 0, cnt - 1 do
-    local id = ARGV[a + 8 * i + 2]
+  local at = a
+  for _ = 1, cnt do
+    local id = ARGV[at + 2]
     if not seen[id] then
       seen[id] = true
       ids[#ids + 1] = id
     end
+    if ARGV[at + 1] == 'p' then at = at + 7 else at = at + 8 end
   end
   local got = redis.call('HMGET', sk, unpack(ids))
   for i, id in ipairs(ids) do cur[id] = got[i] end
-  -- origin: an offer's index member now → the one it had before the batch
-  local deltas, ticks, origin = {}, {}, {}
-  local function move(om, m)
-    local o = origin[om]
-    if o then origin[om] = nil else o = om end
-    origin[m] = o
+  -- moved: the offers whose index score changed, in order; score: their
+  -- last score (an offer often moves several times in a batch)
+  local deltas, ticks, moved, score = {}, {}, {}, {}
+  local function move(id, sc)
+    if not score[id] then moved[#moved + 1] = id end
+    score[id] = sc
   end
-  local function checked(id, prov, price, member, units, full, now, k)
+  local function checked(id, prov, price, sc, units, full, now, k)
     local s = cur[id]
     if not s then return 'E:not_found' end
     local o = sparse(s)
@@ -106,10 +112,10 @@ for mi = 1, nm do
     o.version, o.updated_at = tostring(tonumber(o.version) + 1), now
     if price ~= '' then
       if o.listed == '1' then
-        move(o.member, member)
+        move(id, sc)
         ticks[#ticks + 1] = id .. '\t' .. prov .. '\t' .. o.version .. '\t' .. price .. '\t' .. o.free .. '\t' .. now
       end
-      o.price, o.price_at, o.member = price, now, member
+      o.price, o.price_at, o.score = price, now, sc
     end
     if o.listed == '1' then
       deltas[#deltas + 1] = id .. '\t' .. o.version .. '\t' .. o.price .. '\t' .. o.units .. '\t' .. o.free .. '\t' .. o.price_at .. '\t' .. now
@@ -124,23 +130,24 @@ for mi = 1, nm do
     if ARGV[a + 1] == 'p' then
       if cur[id] == ARGV[a + 3] then
         cur[id], dirty[id] = ARGV[a + 4], true
-        if ARGV[a + 7] ~= '' then
-          move(ARGV[a + 5], ARGV[a + 6])
-          deltas[#deltas + 1] = ARGV[a + 7]
-          ticks[#ticks + 1] = ARGV[a + 8]
+        if ARGV[a + 6] ~= '' then
+          move(id, ARGV[a + 5])
+          deltas[#deltas + 1] = ARGV[a + 6]
+          ticks[#ticks + 1] = ARGV[a + 7]
         end
         r = 1
       else
         local e, t = sparse(ARGV[a + 3]), sparse(ARGV[a + 4])
-        r = checked(id, e.provider, t.price, t.member, '', '0', t.updated_at)
+        r = checked(id, e.provider, t.price, t.score, '', '0', t.updated_at)
       end
+      a = a + 7
     else
       ki = ki + 1
       r = checked(id, ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], KEYS[4 * nm + ki])
+      a = a + 8
     end
     n = n + 1
     out[n] = r
-    a = a + 8
   end
   local set = {}
   for _, id in ipairs(ids) do
@@ -150,16 +157,12 @@ for mi = 1, nm do
     end
   end
   if #set > 0 then redis.call('HSET', sk, unpack(set)) end
-  local rem, add = {}, {}
-  for m, o in pairs(origin) do
-    if m ~= o then
-      rem[#rem + 1] = o
-      add[#add + 1] = '0'
-      add[#add + 1] = m
+  if #moved > 0 then
+    local add = {}
+    for _, id in ipairs(moved) do
+      add[#add + 1] = score[id]
+      add[#add + 1] = id
     end
-  end
-  if #rem > 0 then
-    redis.call('ZREM', KEYS[4 * mi - 2], unpack(rem))
     redis.call('ZADD', KEYS[4 * mi - 2], unpack(add))
   end
   if #deltas > 0 then
@@ -193,15 +196,14 @@ type offerState struct {
 	listed                    bool
 	units, free               int64
 	price, priceAt, updatedAt string // prices as stored, times in ms
-	member                    string
+	score                     string // index score: the price in ticks
 	packed                    string // the state as stored
 }
 
 // reprice makes st the state after a price change to ticks at now (ms),
-// for offer id, its version already raised: price, times, index member and
-// packed form, all parts of one new string built in buf, which it returns
-// for reuse.
-func (st *offerState) reprice(buf []byte, ticks int64, id, now string) []byte {
+// its version already raised: price, times, index score and packed form,
+// all parts of one new string built in buf, which it returns for reuse.
+func (st *offerState) reprice(buf []byte, ticks int64, now string) []byte {
 	b := strconv.AppendInt(buf[:0], st.version, 10)
 	b = append(append(append(b, '\t'), st.status...), '\t')
 	if st.listed {
@@ -217,12 +219,12 @@ func (st *offerState) reprice(buf []byte, ticks int64, id, now string) []byte {
 	b = append(strconv.AppendInt(b, st.units, 10), '\t')
 	b = append(strconv.AppendInt(b, st.free, 10), '\t')
 	b = append(append(b, now...), '\t')
-	m0 := len(b)
-	b = appendMember(b, ticks, id)
-	m1 := len(b)
+	s0 := len(b)
+	b = strconv.AppendInt(b, ticks, 10)
+	s1 := len(b)
 	b = append(append(b, '\t'), st.provider...)
 	st.packed = string(b)
-	st.price, st.member, st.priceAt, st.updatedAt = st.packed[p0:p1], st.packed[m0:m1], now, now
+	st.price, st.score, st.priceAt, st.updatedAt = st.packed[p0:p1], st.packed[s0:s1], now, now
 	return b
 }
 
@@ -378,7 +380,7 @@ func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.Mar
 	// them (go-redis writes a *string; boxing a string would allocate).
 	// Both have room for all, so the pointers hold.
 	states := make([]offerState, 0, len(idx))
-	strs := make([]string, 0, 4*len(idx))
+	strs := make([]string, 0, 3*len(idx))
 	str := func(v string) *string {
 		strs = append(strs, v)
 		return &strs[len(strs)-1]
@@ -423,11 +425,11 @@ func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.Mar
 				batch = make(map[string]*offerState)
 			}
 			if st != nil && u.Price != nil && u.Units == nil && !u.Full && st.provider == u.ProviderID && st.status == string(market.OfferActive) {
-				expected, oldMember := str(st.packed), str(st.member)
+				expected := str(st.packed)
 				states = append(states, *st)
 				next := &states[len(states)-1]
 				next.version++
-				buf = next.reprice(buf, ticks[idx[k]], u.ID, now)
+				buf = next.reprice(buf, ticks[idx[k]], now)
 				pred[k], batch[u.ID] = next, next
 				delta, tick := str(""), str("")
 				if st.listed {
@@ -450,13 +452,13 @@ func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.Mar
 					*delta, *tick = lines[:d], lines[d:]
 					buf = b
 				}
-				args = append(args, "p", &u.ID, expected, &next.packed, oldMember, &next.member, delta, tick)
+				args = append(args, "p", &u.ID, expected, &next.packed, &next.score, delta, tick)
 				continue
 			}
 			batch[u.ID] = nil
-			price, member := "", ""
+			price, score := "", ""
 			if u.Price != nil {
-				price, member = market.TicksString(ticks[idx[k]]), indexMember(ticks[idx[k]], u.ID)
+				price, score = market.TicksString(ticks[idx[k]]), strconv.FormatInt(ticks[idx[k]], 10)
 			}
 			units, full := "", "0"
 			if u.Units != nil {
@@ -466,7 +468,7 @@ func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.Mar
 				full = "1"
 			}
 			keys = append(keys, offerPrefix+u.ID)
-			args = append(args, "s", u.ID, u.ProviderID, price, member, units, full, now)
+			args = append(args, "s", u.ID, u.ProviderID, price, score, units, full, now)
 		}
 	}
 	return scriptCall{keys: keys, args: args}, pred

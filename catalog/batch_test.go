@@ -80,8 +80,8 @@ func TestUpdateOffersBatch(t *testing.T) {
 	if a.Version != 4 || a.Price.String() != "19.25" || a.Units != 4 || a.UnitsFree != 4 {
 		t.Fatalf("offer a = %+v", a)
 	}
-	idx, _ := s.rdb.ZRange(ctx, IndexKey(m1), 0, -1).Result()
-	if len(idx) != 1 || idx[0] != indexMember(192500, "a") {
+	idx, _ := s.rdb.ZRangeWithScores(ctx, IndexKey(m1), 0, -1).Result()
+	if len(idx) != 1 || idx[0].Member != "a" || idx[0].Score != 192500 {
 		t.Fatalf("index of m1 = %v", idx) // c is not listed
 	}
 

@@ -24,32 +24,73 @@ const offerLocKey = "offers:loc"
 // changeStreamMaxLen bounds each market's change stream (approximately).
 const changeStreamMaxLen = "100000"
 
-// indexMember is an offer's entry in its market's price index: all members
-// have score 0 and sort lexicographically by zero-padded price ticks, then id,
-// which gives exact keyset pagination with ZRANGE BYLEX.
-func indexMember(ticks int64, id string) string {
-	var b [84]byte
-	return string(appendMember(b[:0], ticks, id))
+// A market's price index (IndexKey) scores each listed active offer by its
+// price in ticks, with the offer id as member: Redis orders it by price,
+// then id, and a price change is one ZADD. A page of offers starts after a
+// cursor (price, id), found by pageScript.
+
+// cursorOf is the cursor after an offer: its price in ticks, zero-padded to
+// 19 digits, "|", its id (the form cursors have always had).
+func cursorOf(ticks int64, id string) string {
+	return base64.RawURLEncoding.EncodeToString(fmt.Appendf(nil, "%019d|%s", ticks, id))
 }
 
-// appendMember appends indexMember(ticks, id) to b.
-func appendMember(b []byte, ticks int64, id string) []byte {
-	var d [20]byte
-	digits := strconv.AppendInt(d[:0], ticks, 10)
-	if ticks < 0 || len(digits) > 19 {
-		return fmt.Appendf(b, "%019d|%s", ticks, id) // not a price PriceTicks gives
+var cursorRe = regexp.MustCompile(`^[0-9]{19}\|[A-Za-z0-9_.-]{1,64}$`)
+
+// parseCursor reads a cursor made by cursorOf.
+func parseCursor(c string) (ticks int64, id string, ok bool) {
+	raw, err := base64.RawURLEncoding.DecodeString(c)
+	if err != nil || !cursorRe.Match(raw) {
+		return 0, "", false
 	}
-	const zeros = "0000000000000000000"
-	b = append(append(b, zeros[:19-len(digits)]...), digits...)
-	return append(append(b, '|'), id...)
+	ticks, err = strconv.ParseInt(string(raw[:19]), 10, 64)
+	return ticks, string(raw[20:]), err == nil
 }
 
-var memberRe = regexp.MustCompile(`^[0-9]{19}\|[A-Za-z0-9_.-]{1,64}$`)
+// pageScript reads one page of a market's price index: the offers after
+// the cursor (ARGV[1] ticks, ARGV[2] id; "" ticks: from the start), in
+// index order, at most ARGV[4] of them (0: all), up to the price ARGV[3]
+// in ticks ("": any), as id, score pairs. It finds where the cursor falls
+// among the offers of the cursor's price by binary search. KEYS: index.
+var pageScript = redis.NewScript(`
+local key, after, id, count = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[4])
+local max = tonumber(ARGV[3])
+local start = 0
+if after ~= '' then
+  -- a <= b in byte order, as Redis orders members (Lua's < follows the locale)
+  local function le(a, b)
+    for i = 1, math.min(#a, #b) do
+      local x, y = string.byte(a, i), string.byte(b, i)
+      if x ~= y then return x < y end
+    end
+    return #a <= #b
+  end
+  local lo = redis.call('ZCOUNT', key, '-inf', '(' .. after)
+  local hi = lo + redis.call('ZCOUNT', key, after, after)
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if le(redis.call('ZRANGE', key, mid, mid)[1], id) then lo = mid + 1 else hi = mid end
+  end
+  start = lo
+end
+local stop = -1
+if count > 0 then stop = start + count - 1 end
+local got = redis.call('ZRANGE', key, start, stop, 'WITHSCORES')
+if max then
+  for i = 2, #got, 2 do
+    if tonumber(got[i]) > max then
+      for j = #got, i - 1, -1 do got[j] = nil end
+      break
+    end
+  end
+end
+return got
+`)
 
 // createScript stores a new offer: its hash and its state.
 // KEYS: offer, state, index, changes, trades. ARGV: id, provider, class,
-// region, units, price, max_hours, specs, now ms, index member, listed,
-// maxlen, now RFC 3339.
+// region, units, price, max_hours, specs, now ms, index score (the price in
+// ticks), listed, maxlen, now RFC 3339.
 var createScript = redis.NewScript(stateLua + `
 if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
   return redis.error_reply('exists')
@@ -57,11 +98,11 @@ end
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'provider', ARGV[2], 'class', ARGV[3], 'region', ARGV[4],
   'list_price', ARGV[6], 'max_hours', ARGV[7], 'specs', ARGV[8])
 local o = {version = '1', status = 'active', listed = ARGV[11], price = ARGV[6], price_at = ARGV[9],
-  units = ARGV[5], free = ARGV[5], updated_at = ARGV[9], member = ARGV[10], provider = ARGV[2]}
+  units = ARGV[5], free = ARGV[5], updated_at = ARGV[9], score = ARGV[10], provider = ARGV[2]}
 redis.call('HSET', KEYS[2], ARGV[1], spack(o))
 local h = offer(KEYS[1], o)
 if ARGV[11] == '1' then
-  redis.call('ZADD', KEYS[3], 0, ARGV[10])
+  redis.call('ZADD', KEYS[3], ARGV[10], ARGV[1])
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[12], '*', 't', 'upsert', unpack(h))
   redis.call('XADD', KEYS[5], '*', 'k', 'tick', 'v', cjson.encode({offer_id = ARGV[1], provider_id = ARGV[2],
     resource_class = ARGV[3], region = ARGV[4], price = ARGV[6], units_free = tonumber(ARGV[5]), version = 1, ts = ARGV[13]}))
@@ -77,7 +118,7 @@ if not o or o.status ~= 'active' then return redis.error_reply('not_found') end
 if o.provider ~= ARGV[2] then return redis.error_reply('forbidden') end
 o.version, o.status, o.updated_at = tostring(tonumber(o.version) + 1), 'deleted', ARGV[3]
 redis.call('HSET', KEYS[1], ARGV[1], spack(o))
-redis.call('ZREM', KEYS[2], o.member)
+redis.call('ZREM', KEYS[2], ARGV[1])
 if o.listed == '1' then
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 't', 'remove', 'id', ARGV[1], 'provider', o.provider,
     'version', o.version, 'updated_at', ARGV[3])
@@ -94,10 +135,10 @@ if not o or o.status ~= 'active' or o.listed == ARGV[2] then return 0 end
 o.version, o.listed, o.updated_at = tostring(tonumber(o.version) + 1), ARGV[2], ARGV[3]
 redis.call('HSET', KEYS[2], ARGV[1], spack(o))
 if ARGV[2] == '1' then
-  redis.call('ZADD', KEYS[3], 0, o.member)
+  redis.call('ZADD', KEYS[3], o.score, ARGV[1])
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 't', 'upsert', unpack(offer(KEYS[1], o)))
 else
-  redis.call('ZREM', KEYS[3], o.member)
+  redis.call('ZREM', KEYS[3], ARGV[1])
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 't', 'remove', 'id', ARGV[1], 'provider', o.provider,
     'version', o.version, 'updated_at', ARGV[3])
 end
@@ -147,7 +188,7 @@ func (s *Store) CreateOffer(ctx context.Context, n NewOffer) (market.Offer, erro
 	m := n.Market
 	vals, err := createScript.Run(ctx, s.rdb, []string{OfferKey(m, n.ID), StateKey(m), IndexKey(m), ChangeStreamKey(m), TradeStreamKey(m)},
 		n.ID, n.ProviderID, m.Class, m.Region, n.Units, n.Price.String(), n.MaxHours, string(specs),
-		ms(n.Now), indexMember(ticks, n.ID), listed, changeStreamMaxLen, rfc3339(n.Now)).StringSlice()
+		ms(n.Now), ticks, listed, changeStreamMaxLen, rfc3339(n.Now)).StringSlice()
 	if err != nil {
 		if scriptError(err) == "exists" {
 			return market.Offer{}, market.Errorf(market.CodeConflict, "offer %s exists", n.ID)
@@ -271,57 +312,68 @@ type OfferFilter struct {
 // ListOffers returns listed active offers of the markets, cheapest first
 // (ties by id), and a cursor for the next page ("" at the end).
 func (s *Store) ListOffers(ctx context.Context, f OfferFilter) ([]market.Offer, string, error) {
-	min := "-"
+	after, afterID := "", ""
 	if f.Cursor != "" {
-		raw, err := base64.RawURLEncoding.DecodeString(f.Cursor)
-		if err != nil || !memberRe.Match(raw) {
+		t, id, ok := parseCursor(f.Cursor)
+		if !ok {
 			return nil, "", market.Invalid("cursor is not valid")
 		}
-		min = "(" + string(raw)
+		after, afterID = strconv.FormatInt(t, 10), id
 	}
-	max := "+"
+	max := ""
 	if f.MaxPrice.IsPositive() {
 		ticks, ok := market.PriceTicks(f.MaxPrice)
 		if !ok {
 			return nil, "", market.Invalid("max_price cannot be represented")
 		}
-		max = "[" + fmt.Sprintf("%019d|~", ticks)
+		max = strconv.FormatInt(ticks, 10)
 	}
 	limit := f.Limit
+	count := 0
+	if limit > 0 {
+		count = limit + 1
+	}
 	type entry struct {
-		member string
-		m      market.MarketKey
+		ticks int64
+		id    string
+		m     market.MarketKey
 	}
-	pipe := s.rdb.Pipeline()
-	cmds := make([]*redis.StringSliceCmd, len(f.Markets))
+	calls := make([]scriptCall, len(f.Markets))
 	for i, m := range f.Markets {
-		by := &redis.ZRangeBy{Min: min, Max: max}
-		if limit > 0 {
-			by.Count = int64(limit + 1)
-		}
-		cmds[i] = pipe.ZRangeByLex(ctx, IndexKey(m), by)
+		calls[i] = scriptCall{keys: []string{IndexKey(m)}, args: []any{after, afterID, max, count}}
 	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return nil, "", unavailable("list offers", err)
-	}
+	s.runScripts(ctx, pageScript, calls)
 	var all []entry
-	for i, c := range cmds {
-		for _, mem := range c.Val() {
-			all = append(all, entry{mem, f.Markets[i]})
+	for i, c := range calls {
+		if c.err != nil && !errors.Is(c.err, redis.Nil) {
+			return nil, "", unavailable("list offers", c.err)
+		}
+		for j := 0; j+1 < len(c.out); j += 2 {
+			id, _ := c.out[j].(string)
+			sc, _ := c.out[j+1].(string)
+			t, err := strconv.ParseFloat(sc, 64)
+			if err != nil || id == "" {
+				return nil, "", fmt.Errorf("catalog: market %s: bad index entry %v %v", f.Markets[i], c.out[j], c.out[j+1])
+			}
+			all = append(all, entry{int64(t), id, f.Markets[i]})
 		}
 	}
-	sort.Slice(all, func(i, j int) bool { return all[i].member < all[j].member })
+	sort.Slice(all, func(i, j int) bool {
+		if all[i].ticks != all[j].ticks {
+			return all[i].ticks < all[j].ticks
+		}
+		return all[i].id < all[j].id
+	})
 	next := ""
 	if limit > 0 && len(all) > limit {
 		all = all[:limit]
-		next = base64.RawURLEncoding.EncodeToString([]byte(all[limit-1].member))
+		next = cursorOf(all[limit-1].ticks, all[limit-1].id)
 	}
-	pipe = s.rdb.Pipeline()
+	pipe := s.rdb.Pipeline()
 	hs := make([]*redis.MapStringStringCmd, len(all))
 	sts := make([]*redis.StringCmd, len(all))
 	for i, e := range all {
-		_, id, _ := strings.Cut(e.member, "|")
-		hs[i], sts[i] = pipe.HGetAll(ctx, OfferKey(e.m, id)), pipe.HGet(ctx, StateKey(e.m), id)
+		hs[i], sts[i] = pipe.HGetAll(ctx, OfferKey(e.m, e.id)), pipe.HGet(ctx, StateKey(e.m), e.id)
 	}
 	if len(all) > 0 {
 		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {

@@ -2,6 +2,7 @@ package catalog
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"math/rand"
 	"reflect"
@@ -179,8 +180,8 @@ func predictionsAgree(t *testing.T, seed int64) {
 		return out
 	}
 	for _, m := range markets {
-		ip := rdbP.ZRange(ctx, IndexKey(m), 0, -1).Val()
-		ic := rdbC.ZRange(ctx, IndexKey(m), 0, -1).Val()
+		ip := rdbP.ZRangeWithScores(ctx, IndexKey(m), 0, -1).Val()
+		ic := rdbC.ZRangeWithScores(ctx, IndexKey(m), 0, -1).Val()
 		if !reflect.DeepEqual(ip, ic) {
 			t.Fatalf("index of %s: %v vs %v", m, ip, ic)
 		}
@@ -223,13 +224,22 @@ func sameFields(a, b []any) bool {
 	return true
 }
 
-func TestIndexMember(t *testing.T) {
+func TestCursor(t *testing.T) {
 	for _, c := range []struct {
 		ticks int64
-		want  string
-	}{{0, "0000000000000000000|a"}, {215000, "0000000000000215000|a"}, {1 << 62, "4611686018427387904|a"}, {-5, "-000000000000000005|a"}} {
-		if got := indexMember(c.ticks, "a"); got != c.want || got != fmt.Sprintf("%019d|%s", c.ticks, "a") {
-			t.Errorf("indexMember(%d) = %q, want %q", c.ticks, got, c.want)
+		id    string
+	}{{0, "a"}, {215000, "off_1"}, {1 << 62, "x.y-z_0"}} {
+		raw, _ := base64.RawURLEncoding.DecodeString(cursorOf(c.ticks, c.id))
+		if want := fmt.Sprintf("%019d|%s", c.ticks, c.id); string(raw) != want {
+			t.Errorf("cursorOf(%d, %s) holds %q, want %q", c.ticks, c.id, raw, want)
+		}
+		if ticks, id, ok := parseCursor(cursorOf(c.ticks, c.id)); !ok || ticks != c.ticks || id != c.id {
+			t.Errorf("parseCursor(cursorOf(%d, %s)) = %d, %s, %v", c.ticks, c.id, ticks, id, ok)
+		}
+	}
+	for _, bad := range []string{"", "!!", base64.RawURLEncoding.EncodeToString([]byte("12|a")), base64.RawURLEncoding.EncodeToString([]byte("0000000000000215000|a b"))} {
+		if _, _, ok := parseCursor(bad); ok {
+			t.Errorf("parseCursor(%q) accepted", bad)
 		}
 	}
 }
@@ -259,12 +269,9 @@ func TestPredictionNeedsTheSameUpdatedAt(t *testing.T) {
 	if !ok {
 		t.Fatal("no state")
 	}
-	other := indexMember(170000, "o")
-	old := st.member
-	st.price, st.member, st.free, st.updatedAt = "17", other, 3, "1790000000500"
+	st.price, st.score, st.free, st.updatedAt = "17", "170000", 3, "1790000000500"
 	rdb.HSet(ctx, StateKey(m), "o", st.pack())
-	rdb.ZRem(ctx, IndexKey(m), old)
-	rdb.ZAdd(ctx, IndexKey(m), redis.Z{Member: other})
+	rdb.ZAdd(ctx, IndexKey(m), redis.Z{Score: 170000, Member: "o"})
 
 	r := s.UpdateOffers(ctx, []OfferUpdate{{ID: "o", ProviderID: "p", Price: ptrPrice("16.00"), Now: at.Add(5 * time.Second)}})
 	if r[0].Err != nil {
@@ -273,7 +280,7 @@ func TestPredictionNeedsTheSameUpdatedAt(t *testing.T) {
 	if _, stale := s.Predictions(); stale != 1 {
 		t.Fatalf("stale predictions: %d, want 1", stale)
 	}
-	if idx := rdb.ZRange(ctx, IndexKey(m), 0, -1).Val(); len(idx) != 1 || idx[0] != indexMember(160000, "o") {
+	if idx := rdb.ZRangeWithScores(ctx, IndexKey(m), 0, -1).Val(); len(idx) != 1 || idx[0].Member != "o" || idx[0].Score != 160000 {
 		t.Fatalf("index = %v", idx)
 	}
 	o, err := s.Offer(ctx, "o")

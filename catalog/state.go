@@ -18,24 +18,26 @@ import (
 // it and writes it back whole.
 
 // stateFields are the fields of a packed offer state, in order.
-var stateFields = [...]string{"version", "status", "listed", "price", "price_at", "units", "free", "updated_at", "member", "provider"}
+// score is the offer's score in its market's price index (IndexKey): the
+// price in ticks.
+var stateFields = [...]string{"version", "status", "listed", "price", "price_at", "units", "free", "updated_at", "score", "provider"}
 
 // stateLua is the prelude of every script that reads or changes an offer
 // state: sparse unpacks one, spack packs it, sget reads and unpacks the
 // state of offer id from state hash sk (nil when there is none), and
 // offer returns the offer as field-value pairs: its hash and its state.
 const stateLua = `
-local SF = {'version', 'status', 'listed', 'price', 'price_at', 'units', 'free', 'updated_at', 'member', 'provider'}
+local SF = {'version', 'status', 'listed', 'price', 'price_at', 'units', 'free', 'updated_at', 'score', 'provider'}
 local function sparse(s)
   local o = {}
-  o.version, o.status, o.listed, o.price, o.price_at, o.units, o.free, o.updated_at, o.member, o.provider =
+  o.version, o.status, o.listed, o.price, o.price_at, o.units, o.free, o.updated_at, o.score, o.provider =
     string.match(s, '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)$')
   if not o.provider then error('malformed offer state') end
   return o
 end
 local function spack(o)
   return o.version .. '\t' .. o.status .. '\t' .. o.listed .. '\t' .. o.price .. '\t' .. o.price_at .. '\t' ..
-    o.units .. '\t' .. o.free .. '\t' .. o.updated_at .. '\t' .. o.member .. '\t' .. o.provider
+    o.units .. '\t' .. o.free .. '\t' .. o.updated_at .. '\t' .. o.score .. '\t' .. o.provider
 end
 local function sget(sk, id)
   local s = redis.call('HGET', sk, id)
@@ -72,13 +74,13 @@ func stateOf(s string) (offerState, bool) {
 	}
 	st := offerState{
 		status: f[1], listed: f[2] == "1", price: f[3], priceAt: f[4],
-		updatedAt: f[7], member: f[8], provider: f[9], packed: s,
+		updatedAt: f[7], score: f[8], provider: f[9], packed: s,
 	}
 	var e1, e2, e3 error
 	st.version, e1 = strconv.ParseInt(f[0], 10, 64)
 	st.units, e2 = strconv.ParseInt(f[5], 10, 64)
 	st.free, e3 = strconv.ParseInt(f[6], 10, 64)
-	if e1 != nil || e2 != nil || e3 != nil || st.member == "" || st.updatedAt == "" || st.provider == "" {
+	if e1 != nil || e2 != nil || e3 != nil || st.score == "" || st.updatedAt == "" || st.provider == "" {
 		return offerState{}, false
 	}
 	return st, true
@@ -92,6 +94,6 @@ func (st *offerState) pack() string {
 	}
 	return strings.Join([]string{
 		strconv.FormatInt(st.version, 10), st.status, listed, st.price, st.priceAt,
-		strconv.FormatInt(st.units, 10), strconv.FormatInt(st.free, 10), st.updatedAt, st.member, st.provider,
+		strconv.FormatInt(st.units, 10), strconv.FormatInt(st.free, 10), st.updatedAt, st.score, st.provider,
 	}, "\t")
 }

@@ -6,9 +6,9 @@ import "testing"
 // field order the scripts use, and malformed stored states are refused.
 func TestStatePacking(t *testing.T) {
 	st := offerState{version: 7, status: "active", provider: "prv_1", listed: true, units: 16, free: 12,
-		price: "21.5", priceAt: "1790000000000", updatedAt: "1790000001000", member: indexMember(215000, "o1")}
+		price: "21.5", priceAt: "1790000000000", updatedAt: "1790000001000", score: "215000"}
 	packed := st.pack()
-	if want := "7\tactive\t1\t21.5\t1790000000000\t16\t12\t1790000001000\t" + st.member + "\tprv_1"; packed != want {
+	if want := "7\tactive\t1\t21.5\t1790000000000\t16\t12\t1790000001000\t215000\tprv_1"; packed != want {
 		t.Fatalf("packed %q, want %q", packed, want)
 	}
 	got, ok := stateOf(packed)
@@ -17,7 +17,7 @@ func TestStatePacking(t *testing.T) {
 		t.Fatalf("unpacked %+v, %v; want %+v", got, ok, st)
 	}
 	vals := map[string]string{"id": "o1", "provider": "prv_1", "list_price": "20"}
-	if !mergeState(vals, packed) || vals["version"] != "7" || vals["free"] != "12" || vals["member"] != st.member || vals["list_price"] != "20" {
+	if !mergeState(vals, packed) || vals["version"] != "7" || vals["free"] != "12" || vals["score"] != "215000" || vals["list_price"] != "20" {
 		t.Fatalf("merged %v", vals)
 	}
 	for _, bad := range []string{"", "7\tactive", packed + "\textra", "x\tactive\t1\t21.5\t1\t16\t12\t1\tm\tp", "7\tactive\t1\t21.5\t1\t16\t12\t\tm\tp"} {
@@ -32,13 +32,13 @@ func TestStatePacking(t *testing.T) {
 func TestReprice(t *testing.T) {
 	for _, listed := range []bool{true, false} {
 		st := offerState{version: 8, status: "active", provider: "prv_1", listed: listed, units: 16, free: 12,
-			price: "21.5", priceAt: "1790000000000", updatedAt: "1790000001000", member: indexMember(215000, "o1")}
+			price: "21.5", priceAt: "1790000000000", updatedAt: "1790000001000", score: "215000"}
 		st.packed = st.pack()
 		next := st
 		next.version++
-		buf := next.reprice([]byte("left over from before"), 190250, "o1", "1790000002000")
+		buf := next.reprice([]byte("left over from before"), 190250, "1790000002000")
 		want := st
-		want.version, want.price, want.priceAt, want.updatedAt, want.member = 9, "19.025", "1790000002000", "1790000002000", indexMember(190250, "o1")
+		want.version, want.price, want.priceAt, want.updatedAt, want.score = 9, "19.025", "1790000002000", "1790000002000", "190250"
 		want.packed = want.pack()
 		if next.packed != want.packed || string(buf) != want.packed {
 			t.Fatalf("repriced %q, want %q", next.packed, want.packed)
