@@ -42,6 +42,11 @@ const maxBatch = 256
 //	"p" (predicted price change), six: id, expected state, new state, new
 //	    index score, delta line, tick line ("" and "" when the offer is
 //	    not listed)
+//	"P" (several predicted price changes of one offer), eight: id, their
+//	    number n, the state expected before the first, the state after
+//	    the last, its index score, their delta lines and their tick lines
+//	    (each joined by newlines), and each change's price, score and time
+//	    (ms), tab-separated, a line each
 //
 // A "p" update is brokerd's prediction of what the checked path would do to
 // an offer it knows (offerState): it applies only when the offer's stored
@@ -63,7 +68,11 @@ const maxBatch = 256
 // more than the comparisons, which is why the predicted path carries whole
 // packed states (docs/BENCHMARKS.md).
 //
-// The reply has one element per update: 1 (the prediction applied), "S"
+// A "P" entry applies whole when the stored state is the expected one;
+// otherwise each of its changes takes the checked path in turn, and its
+// reply is the list of their replies. Every other entry has one update.
+//
+// The reply has one element per entry: 1 (the prediction applied), "S"
 // and the new packed state joined by a tab (the checked path applied), the
 // offer as field-value pairs (full), or "E:<reason>" when the update was
 // refused (nothing changed). A listed offer's change goes to its market's
@@ -87,7 +96,8 @@ for mi = 1, nm do
       seen[id] = true
       ids[#ids + 1] = id
     end
-    if ARGV[at + 1] == 'p' then at = at + 7 else at = at + 8 end
+    local kind = ARGV[at + 1]
+    if kind == 'p' then at = at + 7 elseif kind == 'P' then at = at + 9 else at = at + 8 end
   end
   local got = redis.call('HMGET', sk, unpack(ids))
   for i, id in ipairs(ids) do cur[id] = got[i] end
@@ -141,6 +151,26 @@ for mi = 1, nm do
         r = checked(id, e.provider, t.price, t.score, '', '0', t.updated_at)
       end
       a = a + 7
+    elseif ARGV[a + 1] == 'P' then
+      -- several predicted price changes of one offer: all or none
+      if cur[id] == ARGV[a + 4] then
+        cur[id], dirty[id] = ARGV[a + 5], true
+        if ARGV[a + 7] ~= '' then
+          move(id, ARGV[a + 6])
+          deltas[#deltas + 1] = ARGV[a + 7]
+          ticks[#ticks + 1] = ARGV[a + 8]
+        end
+        r = 1
+      else
+        -- the offer changed: each goes checked, from its price, score
+        -- and time
+        local e = sparse(ARGV[a + 4])
+        r = {}
+        for price, sc, now in string.gmatch(ARGV[a + 9], '([^\t\n]*)\t([^\t\n]*)\t([^\t\n]*)\n') do
+          r[#r + 1] = checked(id, e.provider, price, sc, '', '0', now)
+        end
+      end
+      a = a + 9
     else
       ki = ki + 1
       r = checked(id, ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], KEYS[4 * nm + ki])
@@ -295,23 +325,28 @@ func (s *Store) updateOffers(ctx context.Context, us []OfferUpdate, res []Update
 	}
 	// One script per group, all in one round trip (on a cluster the client
 	// sends each to its slot's node).
+	type call struct {
+		markets      []market.MarketKey
+		counts, idx  []int
+		pred         []*offerState
+		order, sizes []int
+	}
+	cs := make([]call, len(gorder))
 	calls := make([]scriptCall, len(gorder))
-	idxs := make([][]int, len(gorder))
-	preds := make([][]*offerState, len(gorder))
 	for n, gk := range gorder {
 		g := groups[gk]
-		markets, counts := make([]market.MarketKey, len(g.order)), make([]int, len(g.order))
-		var idx []int
+		c := &cs[n]
+		c.markets, c.counts = make([]market.MarketKey, len(g.order)), make([]int, len(g.order))
 		for j, m := range g.order {
-			markets[j], counts[j] = m.key, len(m.idx)
-			idx = append(idx, m.idx...)
+			c.markets[j], c.counts[j] = m.key, len(m.idx)
+			c.idx = append(c.idx, m.idx...)
 		}
-		calls[n], preds[n] = s.updateCall(us, ticks, markets, counts, idx)
-		idxs[n] = idx
+		calls[n], c.pred, c.order, c.sizes = s.updateCall(us, ticks, c.markets, c.counts, c.idx)
 	}
 	s.runScripts(ctx, updateBatchScript, calls)
-	for n := range gorder {
-		s.decodeUpdates(us, res, idxs[n], preds[n], calls[n])
+	for n := range cs {
+		c := &cs[n]
+		s.decodeUpdates(us, res, c.idx, c.pred, c.order, c.sizes, calls[n])
 	}
 	return res
 }
@@ -369,17 +404,26 @@ func (s *Store) slotGroup(m market.MarketKey) int {
 
 // updateCall prepares the script call for one group: the updates us[idx]
 // (their new prices in ticks[idx]) over markets, counts[j] of them in
-// markets[j], in that order. pred[k] is the state update idx[k] predicts
-// (kind "p"), nil when it goes checked.
-func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.MarketKey, counts, idx []int) (c scriptCall, pred []*offerState) {
+// markets[j], in that order. pred[k] is the
+// state update idx[k] predicts (kind "p"), nil when it goes checked. The
+// script answers one result per entry: entry e covers the updates idx[k]
+// for k in order[at:at+sizes[e]], at the sum of the sizes before it.
+//
+// All the price changes of one offer in the batch that are predicted go
+// as one entry (kind "P") when the offer has no checked update in it: the
+// script then compares and writes its state once instead of once an
+// update, and its delta and tick lines go as one argument each. Under load
+// a busy offer has several updates in each batch.
+func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.MarketKey, counts, idx []int) (c scriptCall, pred []*offerState, order, sizes []int) {
 	keys := make([]string, 0, 4*len(markets))
 	args := make([]any, 0, 2+3*len(markets)+8*len(idx))
 	pred = make([]*offerState, len(idx))
+	order, sizes = make([]int, 0, len(idx)), make([]int, 0, len(idx))
 	// The predicted states, in one array, and the other strings a
 	// prediction sends, in another: a prediction's arguments point into
 	// them (go-redis writes a *string; boxing a string would allocate).
 	// Both have room for all, so the pointers hold.
-	states := make([]offerState, 0, len(idx))
+	states := make([]offerState, 0, 2*len(idx))
 	strs := make([]string, 0, 3*len(idx))
 	str := func(v string) *string {
 		strs = append(strs, v)
@@ -388,6 +432,18 @@ func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.Mar
 	// batch: an offer's state after its earlier updates in this batch (nil:
 	// unknown, after an update that goes checked).
 	var batch map[string]*offerState
+	// plan: a market's updates before they become entries; per offer, how
+	// many are predicted and whether one goes checked.
+	type plan struct {
+		k           int
+		next        int         // the offer's next plan, -1: none
+		expected    *offerState // predicted: the state before
+		delta, tick string
+		entry       []any // checked: the entry
+	}
+	type offerPlan struct{ predicted, checked, last int }
+	var plans []plan
+	offers := map[string]*offerPlan{}
 	var buf []byte
 	lastMs, lastNow := int64(-1), ""
 	args = append(args, len(markets), changeStreamMaxLen)
@@ -396,8 +452,11 @@ func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.Mar
 	}
 	k := 0
 	for j, m := range markets {
-		args = append(args, m.Class, m.Region, counts[j])
+		args = append(args, m.Class, m.Region, 0)
+		nEntries := len(args) - 1
 		offerPrefix := OfferKey(m, "")
+		plans = plans[:0]
+		clear(offers)
 		for end := k + counts[j]; k < end; k++ {
 			u := &us[idx[k]]
 			t := u.Now
@@ -408,6 +467,15 @@ func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.Mar
 				lastMs, lastNow = msNow, strconv.FormatInt(msNow, 10)
 			}
 			now := lastNow
+			op := offers[u.ID]
+			if op == nil {
+				op = &offerPlan{last: -1}
+				offers[u.ID] = op
+			}
+			if op.last >= 0 {
+				plans[op.last].next = len(plans)
+			}
+			op.last = len(plans)
 			var st *offerState
 			var known offerState
 			if b, ok := batch[u.ID]; ok {
@@ -425,13 +493,19 @@ func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.Mar
 				batch = make(map[string]*offerState)
 			}
 			if st != nil && u.Price != nil && u.Units == nil && !u.Full && st.provider == u.ProviderID && st.status == string(market.OfferActive) {
-				expected := str(st.packed)
+				// expected points at the stored state before: the one
+				// cached, or the previous prediction's.
+				expected := st
+				if st == &known {
+					states = append(states, known)
+					expected = &states[len(states)-1]
+				}
 				states = append(states, *st)
 				next := &states[len(states)-1]
 				next.version++
 				buf = next.reprice(buf, ticks[idx[k]], now)
 				pred[k], batch[u.ID] = next, next
-				delta, tick := str(""), str("")
+				var delta, tick string
 				if st.listed {
 					// Both lines in one string: id, version, price, units,
 					// free, price_at, updated_at; id, provider, version,
@@ -449,13 +523,15 @@ func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.Mar
 					b = append(strconv.AppendInt(b, next.free, 10), '\t')
 					b = append(b, now...)
 					lines := string(b)
-					*delta, *tick = lines[:d], lines[d:]
+					delta, tick = lines[:d], lines[d:]
 					buf = b
 				}
-				args = append(args, "p", &u.ID, expected, &next.packed, &next.score, delta, tick)
+				op.predicted++
+				plans = append(plans, plan{k: k, next: -1, expected: expected, delta: delta, tick: tick})
 				continue
 			}
 			batch[u.ID] = nil
+			op.checked++
 			price, score := "", ""
 			if u.Price != nil {
 				price, score = market.TicksString(ticks[idx[k]]), strconv.FormatInt(ticks[idx[k]], 10)
@@ -468,18 +544,71 @@ func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.Mar
 				full = "1"
 			}
 			keys = append(keys, offerPrefix+u.ID)
-			args = append(args, "s", u.ID, u.ProviderID, price, score, units, full, now)
+			plans = append(plans, plan{k: k, next: -1, entry: []any{"s", u.ID, u.ProviderID, price, score, units, full, now}})
 		}
+		// The entries, in the updates' order; an offer's coalesced
+		// entry goes where its first update was.
+		entries := 0
+		for n, p := range plans {
+			u := &us[idx[p.k]]
+			entries++
+			switch op := offers[u.ID]; {
+			case p.entry != nil:
+				args = append(args, p.entry...)
+				order, sizes = append(order, p.k), append(sizes, 1)
+			case op.predicted == 1 || op.checked > 0:
+				next := pred[p.k]
+				args = append(args, "p", &u.ID, &p.expected.packed, &next.packed, &next.score, str(p.delta), str(p.tick))
+				order, sizes = append(order, p.k), append(sizes, 1)
+			case op.predicted > 0: // the first of several: one entry for all
+				// Their delta lines, then their tick lines, each set
+				// joined by newlines (none when the offer is not listed).
+				first := len(order)
+				b := buf[:0]
+				for q := n; q >= 0; q = plans[q].next {
+					if len(order) > first && p.delta != "" {
+						b = append(b, '\n')
+					}
+					b = append(b, plans[q].delta...)
+					order = append(order, plans[q].k)
+				}
+				d := len(b)
+				for q := n; q >= 0; q = plans[q].next {
+					if q != n && p.tick != "" {
+						b = append(b, '\n')
+					}
+					b = append(b, plans[q].tick...)
+				}
+				// What the checks need when the offer has changed: each
+				// change's price, score and time.
+				t := len(b)
+				for _, k := range order[first:] {
+					st := pred[k]
+					b = append(append(append(append(append(append(b, st.price...), '\t'), st.score...), '\t'), st.updatedAt...), '\n')
+				}
+				joined := string(b)
+				buf = b
+				group := order[first:]
+				next := pred[group[len(group)-1]]
+				sizes = append(sizes, len(group))
+				args = append(args, "P", &u.ID, len(group), &p.expected.packed, &next.packed, &next.score, str(joined[:d]), str(joined[d:t]), str(joined[t:]))
+				op.predicted = 0 // emitted: its other updates are skipped
+			default:
+				entries-- // part of an entry already made
+			}
+		}
+		args[nEntries] = entries
 	}
-	return scriptCall{keys: keys, args: args}, pred
+	return scriptCall{keys: keys, args: args}, pred, order, sizes
 }
 
 // decodeUpdates fills the results of the updates us[idx] from their call
-// and keeps the offer states (offerState) for the next predictions.
-func (s *Store) decodeUpdates(us []OfferUpdate, res []UpdateResult, idx []int, pred []*offerState, c scriptCall) {
+// (its entries as updateCall's order and sizes say) and keeps the offer
+// states (offerState) for the next predictions.
+func (s *Store) decodeUpdates(us []OfferUpdate, res []UpdateResult, idx []int, pred []*offerState, order, sizes []int, c scriptCall) {
 	out, err := c.out, c.err
-	if err == nil && len(out) != len(idx) {
-		err = fmt.Errorf("update script answered %d results for %d updates", len(out), len(idx))
+	if err == nil && len(out) != len(sizes) {
+		err = fmt.Errorf("update script answered %d results for %d entries", len(out), len(sizes))
 	}
 	if err != nil {
 		// The script may have run or not: what brokerd knew is unsure.
@@ -489,48 +618,85 @@ func (s *Store) decodeUpdates(us []OfferUpdate, res []UpdateResult, idx []int, p
 		}
 		return
 	}
-	for k, i := range idx {
-		u := &us[i]
-		switch v := out[k].(type) {
-		case int64:
-			// The prediction applied: the offer is now as predicted.
-			if pred[k] == nil {
-				res[i].Err = fmt.Errorf("catalog: update offer %s: a prediction applied that was not made", u.ID)
-				s.forgetState(u.ID)
-				continue
-			}
-			s.predicted.Add(1)
-			res[i].Version = pred[k].version
-			s.keepState(u.ID, *pred[k])
-		case string:
-			if packed, ok := strings.CutPrefix(v, "S\t"); ok {
-				if pred[k] != nil {
-					s.mispredicted.Add(1)
-				}
-				st, ok := stateOf(packed)
-				if !ok {
-					res[i].Err = fmt.Errorf("catalog: update offer: malformed reply %q", v)
-					s.forgetState(u.ID)
-					continue
-				}
-				res[i].Version = st.version
-				s.keepState(u.ID, st)
-				continue
-			}
-			res[i].Err = offerScriptError(u.ID, "update offer", errors.New(strings.TrimPrefix(v, "E:")))
-			s.forgetState(u.ID)
-		case []any:
-			kv := make([]string, len(v))
-			for j, x := range v {
-				kv[j], _ = x.(string)
-			}
-			o, err := decodeOffer(pairs(kv))
-			res[i].Offer, res[i].Version, res[i].Err = o, o.Version, err
-			s.forgetState(u.ID)
-		default:
-			res[i].Err = fmt.Errorf("catalog: update offer: unexpected reply %T", v)
-			s.forgetState(u.ID)
+	at := 0
+	for e, n := range sizes {
+		ks := order[at : at+n]
+		at += n
+		if n == 1 {
+			s.decodeUpdate(&us[idx[ks[0]]], &res[idx[ks[0]]], pred[ks[0]], out[e])
+			continue
 		}
+		id := us[idx[ks[0]]].ID
+		switch v := out[e].(type) {
+		case int64:
+			for _, k := range ks {
+				res[idx[k]].Version = pred[k].version
+			}
+			s.predicted.Add(int64(n))
+			s.keepState(id, *pred[ks[n-1]])
+		case []any:
+			// The offer had changed: each went checked, in order.
+			if len(v) != n {
+				for _, k := range ks {
+					res[idx[k]].Err = fmt.Errorf("catalog: update offer %s: %d results for %d changes", id, len(v), n)
+				}
+				s.forgetState(id)
+				continue
+			}
+			for j, k := range ks {
+				s.decodeUpdate(&us[idx[k]], &res[idx[k]], pred[k], v[j])
+			}
+		default:
+			for _, k := range ks {
+				res[idx[k]].Err = fmt.Errorf("catalog: update offer %s: unexpected reply %T", id, v)
+			}
+			s.forgetState(id)
+		}
+	}
+}
+
+// decodeUpdate fills the result r of the update u, sent alone, from its
+// reply v; p is the state it predicted (nil: sent checked).
+func (s *Store) decodeUpdate(u *OfferUpdate, r *UpdateResult, p *offerState, v any) {
+	switch v := v.(type) {
+	case int64:
+		// The prediction applied: the offer is now as predicted.
+		if p == nil {
+			r.Err = fmt.Errorf("catalog: update offer %s: a prediction applied that was not made", u.ID)
+			s.forgetState(u.ID)
+			return
+		}
+		s.predicted.Add(1)
+		r.Version = p.version
+		s.keepState(u.ID, *p)
+	case string:
+		if packed, ok := strings.CutPrefix(v, "S\t"); ok {
+			if p != nil {
+				s.mispredicted.Add(1)
+			}
+			st, ok := stateOf(packed)
+			if !ok {
+				r.Err = fmt.Errorf("catalog: update offer: malformed reply %q", v)
+				s.forgetState(u.ID)
+				return
+			}
+			r.Version = st.version
+			s.keepState(u.ID, st)
+			return
+		}
+		r.Err = offerScriptError(u.ID, "update offer", errors.New(strings.TrimPrefix(v, "E:")))
+		s.forgetState(u.ID)
+	case []any:
+		kv := make([]string, len(v))
+		for j, x := range v {
+			kv[j], _ = x.(string)
+		}
+		o, err := decodeOffer(pairs(kv))
+		r.Offer, r.Version, r.Err = o, o.Version, err
+		s.forgetState(u.ID)
+	default:
+		r.Err = fmt.Errorf("catalog: update offer: unexpected reply %T", v)
+		s.forgetState(u.ID)
 	}
 }
 

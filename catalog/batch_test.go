@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -423,5 +425,99 @@ func TestTokenCacheFollowsRotationAndRevocation(t *testing.T) {
 	}
 	if _, err := s.AccountByToken(ctx, "nope"); !market.IsCode(err, market.CodeUnauthenticated) {
 		t.Fatalf("unknown token: %v", err)
+	}
+}
+
+// TestCoalescedPriceChanges: the predicted price changes of one offer in a
+// batch go as one entry, and each still gets its own version, delta line
+// and tick line, in order; when the offer has changed meanwhile, each takes
+// the checked path in turn with its own price and time.
+func TestCoalescedPriceChanges(t *testing.T) {
+	ctx := context.Background()
+	s := testStore(t)
+	m := market.MarketKey{Class: "gpu.h100-80g", Region: "cn-east"}
+	mustCreate(t, s, "o", "p1", m, 16, "20.00", true)
+	mustCreate(t, s, "x", "p1", m, 16, "30.00", true)
+	at := time.UnixMilli(1_790_000_000_000)
+	// The first changes go checked and teach the store the offers' states.
+	for _, r := range s.UpdateOffers(ctx, []OfferUpdate{{ID: "o", ProviderID: "p1", Price: ptrPrice("19.00"), Now: at}, {ID: "x", ProviderID: "p1", Price: ptrPrice("29.00"), Now: at}}) {
+		if r.Err != nil {
+			t.Fatal(r.Err)
+		}
+	}
+	batch := func(prices ...string) []UpdateResult {
+		var us []OfferUpdate
+		for i, p := range prices {
+			id := "o"
+			if i == 1 {
+				id = "x"
+			}
+			at = at.Add(time.Millisecond)
+			us = append(us, OfferUpdate{ID: id, ProviderID: "p1", Price: ptrPrice(p), Now: at})
+		}
+		return s.UpdateOffers(ctx, us)
+	}
+	lastLines := func(key, field string) []string {
+		e := s.rdb.XRevRangeN(ctx, key, "+", "-", 1).Val()
+		if len(e) != 1 {
+			t.Fatalf("%s: no entry", key)
+		}
+		v, _ := e[0].Values[field].(string)
+		return strings.Split(v, "\n")
+	}
+	applied0, stale0 := s.Predictions()
+	res := batch("18.50", "28.50", "18.00", "17.50") // o, x, o, o
+	for i, want := range []int64{3, 3, 4, 5} {
+		if res[i].Err != nil || res[i].Version != want {
+			t.Fatalf("update %d: %+v, want version %d", i, res[i], want)
+		}
+	}
+	if applied, _ := s.Predictions(); applied-applied0 != 4 {
+		t.Fatalf("predictions applied: %d, want 4", applied-applied0)
+	}
+	var got []string
+	for _, l := range lastLines(ChangeStreamKey(m), "d") {
+		f := strings.Split(l, "\t")
+		got = append(got, f[0]+" "+f[1]+" "+f[2])
+	}
+	if want := []string{"o 3 18.5", "o 4 18", "o 5 17.5", "x 3 28.5"}; !slices.Equal(got, want) {
+		t.Fatalf("delta lines %v, want %v", got, want)
+	}
+	got = nil
+	for _, l := range lastLines(TradeStreamKey(m), "v")[1:] {
+		f := strings.Split(l, "\t")
+		got = append(got, f[0]+" "+f[2]+" "+f[3])
+	}
+	if want := []string{"o 3 18.5", "o 4 18", "o 5 17.5", "x 3 28.5"}; !slices.Equal(got, want) {
+		t.Fatalf("tick lines %v, want %v", got, want)
+	}
+	if sc := s.rdb.ZScore(ctx, IndexKey(m), "o").Val(); sc != 175000 {
+		t.Fatalf("index score of o: %v", sc)
+	}
+
+	// Something else changes o: the next coalesced changes go checked.
+	if _, err := s.rdb.HSet(ctx, StateKey(m), "o", strings.Replace(s.rdb.HGet(ctx, StateKey(m), "o").Val(), "\t16\t16\t", "\t16\t9\t", 1)).Result(); err != nil {
+		t.Fatal(err)
+	}
+	res = batch("17.00", "28.00", "16.50")
+	for i, want := range []int64{6, 4, 7} {
+		if res[i].Err != nil || res[i].Version != want {
+			t.Fatalf("after a change: update %d: %+v, want version %d", i, res[i], want)
+		}
+	}
+	if _, stale := s.Predictions(); stale-stale0 != 2 {
+		t.Fatalf("stale predictions: %d, want 2", stale-stale0)
+	}
+	o, err := s.Offer(ctx, "o")
+	if err != nil || o.Price.String() != "16.5" || o.UnitsFree != 9 || o.Version != 7 || !o.PriceAt.Equal(at) {
+		t.Fatalf("o after checked changes: %+v, %v", o, err)
+	}
+	got = nil
+	for _, l := range lastLines(TradeStreamKey(m), "v")[1:] {
+		f := strings.Split(l, "\t")
+		got = append(got, f[0]+" "+f[2]+" "+f[3]+" "+f[4])
+	}
+	if want := []string{"o 6 17 9", "o 7 16.5 9", "x 4 28 16"}; !slices.Equal(got, want) {
+		t.Fatalf("tick lines after a change %v, want %v", got, want)
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math/rand"
 	"reflect"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -168,11 +170,33 @@ func predictionsAgree(t *testing.T, seed int64) {
 			t.Fatalf("offer %s state: predicting store %q, checking store %q", o.id, sp, sc)
 		}
 	}
+	// An entry's delta and tick lines may differ in order between
+	// offers (a batch sends all the predicted changes of an offer as one),
+	// never within an offer: they are compared in a stable order by offer.
+	byOffer := func(v string, head bool) string {
+		lines := strings.Split(v, "\n")
+		rest := lines
+		if head {
+			rest = lines[1:]
+		}
+		slices.SortStableFunc(rest, func(a, b string) int {
+			ia, _, _ := strings.Cut(a, "\t")
+			ib, _, _ := strings.Cut(b, "\t")
+			return strings.Compare(ia, ib)
+		})
+		return strings.Join(lines, "\n")
+	}
 	entries := func(rdb *redis.Client, key string) [][]any {
 		var out [][]any
 		for _, e := range rdb.XRange(ctx, key, "-", "+").Val() {
 			var kv []any
 			for k, v := range e.Values {
+				switch {
+				case k == "d" && e.Values["t"] == "delta":
+					v = byOffer(v.(string), false)
+				case k == "v" && e.Values["k"] == "ticks":
+					v = byOffer(v.(string), true)
+				}
 				kv = append(kv, k, v)
 			}
 			out = append(out, kv)
