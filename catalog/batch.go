@@ -404,10 +404,10 @@ func (s *Store) slotGroup(m market.MarketKey) int {
 
 // updateCall prepares the script call for one group: the updates us[idx]
 // (their new prices in ticks[idx]) over markets, counts[j] of them in
-// markets[j], in that order. pred[k] is the
-// state update idx[k] predicts (kind "p"), nil when it goes checked. The
-// script answers one result per entry: entry e covers the updates idx[k]
-// for k in order[at:at+sizes[e]], at the sum of the sizes before it.
+// markets[j], in that order. pred[k] is the state update idx[k] predicts
+// (kind "p" or "P"), nil when it goes checked. The script answers one
+// result per entry: entry e covers the updates idx[k] for k in
+// order[at:at+sizes[e]], at the sum of the sizes before it.
 //
 // All the price changes of one offer in the batch that are predicted go
 // as one entry (kind "P") when the offer has no checked update in it: the

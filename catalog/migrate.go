@@ -87,13 +87,16 @@ func (s *Store) MigrateOfferStates(ctx context.Context) (int, error) {
 	case layoutScoreIndex:
 		return 0, nil
 	case layoutStateHash:
-	default:
+	case "":
 		if moved, err = s.migrateStates(ctx); err != nil {
 			return moved, err
 		}
 		if err := s.rdb.Set(ctx, layoutKey, layoutStateHash, 0).Err(); err != nil {
 			return moved, unavailable("record catalog layout", err)
 		}
+	default:
+		// A newer brokerd's layout: this one would misread it.
+		return 0, fmt.Errorf("catalog: the offers are stored in layout %q, which this brokerd does not know (newer than %q?)", done, layoutScoreIndex)
 	}
 	markets := map[market.MarketKey]bool{}
 	if err := s.scanLocations(ctx, func(_ string, m market.MarketKey) error {

@@ -131,4 +131,9 @@ func TestMigrateIndex(t *testing.T) {
 	if n, err := s.MigrateOfferStates(ctx); err != nil || n != 0 {
 		t.Fatalf("second migration: %d, %v", n, err)
 	}
+	// A layout this brokerd does not know is refused, not migrated again.
+	rdb.Set(ctx, layoutKey, "some-later-layout", 0)
+	if _, err := s.MigrateOfferStates(ctx); err == nil || !strings.Contains(err.Error(), "some-later-layout") {
+		t.Fatalf("migration over an unknown layout: %v", err)
+	}
 }
