@@ -207,6 +207,14 @@ func FormatPrice(d decimal.Decimal) string {
 	return d.String()
 }
 
+// AppendPrice appends FormatPrice(d) to b.
+func AppendPrice(b []byte, d decimal.Decimal) []byte {
+	if t, ok := PriceTicks(d); ok {
+		return appendTicks(b, t, true)
+	}
+	return append(b, FormatPrice(d)...)
+}
+
 // TicksString formats a tick count as decimal.Decimal.String formats the
 // price: no trailing zeros after the point, no point for whole numbers
 // ("21.5", "21", "0.2375").

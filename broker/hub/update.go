@@ -112,7 +112,13 @@ type frame struct {
 	offerID string
 	version int64
 	body    []byte // `,"offer_id":…}`: everything after the seq number
+	// room for body: a tick's fits, so a frame is one allocation
+	room [frameRoom]byte
 }
+
+// frameRoom is a frame's room for its body: a tick with an id of up to 40
+// bytes and a seven-digit price takes about 130.
+const frameRoom = 160
 
 var prefix = [...]string{
 	KindTick:   `{"type":"tick","seq":`,
@@ -132,7 +138,7 @@ func encode(u Update, now func() time.Time) (*frame, error) {
 		ts = now()
 	}
 	f := &frame{kind: u.Kind, offerID: u.OfferID, version: u.Version}
-	b := make([]byte, 0, 128+len(u.OfferID))
+	b := f.room[:0]
 	switch u.Kind {
 	case KindTick:
 		if u.OfferID == "" {
@@ -141,7 +147,7 @@ func encode(u Update, now func() time.Time) (*frame, error) {
 		b = append(b, `,"offer_id":`...)
 		b = AppendJSONString(b, u.OfferID)
 		b = append(b, `,"price":"`...)
-		b = append(b, market.FormatPrice(u.Price)...)
+		b = market.AppendPrice(b, u.Price)
 		b = append(b, `","units_free":`...)
 		b = strconv.AppendInt(b, u.UnitsFree, 10)
 		b = append(b, `,"ts":`...)
@@ -163,7 +169,7 @@ func encode(u Update, now func() time.Time) (*frame, error) {
 		b = append(b, `,"region":`...)
 		b = AppendJSONString(b, u.Market.Region)
 		b = append(b, `,"price":"`...)
-		b = append(b, market.FormatPrice(u.Price)...)
+		b = market.AppendPrice(b, u.Price)
 		b = append(b, `","units":`...)
 		b = strconv.AppendInt(b, u.Units, 10)
 		b = append(b, `,"hours":`...)
