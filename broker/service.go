@@ -388,17 +388,17 @@ func (s *Service) UpdateOffer(ctx context.Context, caller market.Account, id str
 
 // SubmitOfferUpdate checks a change to the caller's offer and queues it for
 // the next group commit, without waiting: a bad change fails at once, and
-// otherwise done gets the new version or the reason it was refused. done
-// runs on the commit's goroutine and must not block. Changes one caller
-// submits are committed, and answered, in order. This brokerd's book
-// follows from the change stream.
-func (s *Service) SubmitOfferUpdate(caller market.Account, id string, p OfferPatch, done func(version int64, err error)) error {
+// otherwise done gets the result: the new version or the reason it was
+// refused. done runs on the commit's goroutine and must not block. Changes
+// one caller submits are committed, and answered, in order. This brokerd's
+// book follows from the change stream.
+func (s *Service) SubmitOfferUpdate(caller market.Account, id string, p OfferPatch, done catalog.Completer) error {
 	u, err := s.offerUpdate(caller, id, p)
 	if err != nil {
 		return err
 	}
 	u.Full = false
-	s.offers.SubmitUpdate(u, func(r catalog.UpdateResult) { done(r.Version, r.Err) })
+	s.offers.SubmitUpdate(u, done)
 	return nil
 }
 

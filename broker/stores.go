@@ -27,7 +27,7 @@ type OfferStore interface {
 	UpdateOffer(ctx context.Context, u catalog.OfferUpdate) (market.Offer, error)
 	// SubmitUpdate queues an update for the next group commit and calls
 	// done with its result; see catalog.Store.SubmitUpdate.
-	SubmitUpdate(u catalog.OfferUpdate, done func(catalog.UpdateResult))
+	SubmitUpdate(u catalog.OfferUpdate, done catalog.Completer)
 	DeleteOffer(ctx context.Context, id, providerID string, now time.Time) error
 	Offer(ctx context.Context, id string) (market.Offer, error)
 	ListOffers(ctx context.Context, f catalog.OfferFilter) ([]market.Offer, string, error)

@@ -16,6 +16,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 
 	"computebroker/broker/hub"
+	"computebroker/catalog"
 	"computebroker/market"
 )
 
@@ -102,6 +103,27 @@ type providerLease struct {
 type reply struct {
 	frame []byte
 	ready bool
+	// A command's reply is also where it is decoded and where its result
+	// arrives (Complete): one allocation per command.
+	pc  *providerConn
+	cmd providerCommand
+	ref string
+	ack [64]byte // room for the ack frame
+}
+
+// Complete answers the command with the result of its update.
+func (r *reply) Complete(res catalog.UpdateResult) {
+	pc := r.pc
+	if res.Err != nil {
+		pc.fill(r, pc.errorFrame(r.ref, res.Err))
+		return
+	}
+	pc.s.acks.Add(1)
+	b := append(r.ack[:0], `{"type":"ack","ref":`...)
+	b = hub.AppendJSONString(b, r.ref)
+	b = append(b, `,"version":`...)
+	b = strconv.AppendInt(b, res.Version, 10)
+	pc.fill(r, append(b, '}'))
 }
 
 // serveProvider runs on the hijacked connection's goroutine: it reads
@@ -183,12 +205,13 @@ func (s *Streams) serveProvider(ws *websocket.Conn, who market.Account, token st
 // execute checks one command and submits it; r gets its reply, at once for
 // a bad command, or when the commit answers.
 func (pc *providerConn) execute(msg []byte, r *reply) {
-	var cmd providerCommand
-	if err := decodeCommand(msg, &cmd); err != nil {
+	cmd := &r.cmd
+	if err := decodeCommand(msg, cmd); err != nil {
 		pc.fill(r, pc.errorFrame(refOf(msg), err))
 		return
 	}
 	ref := *cmd.Ref
+	r.pc, r.ref = pc, ref
 	var patch OfferPatch
 	switch cmd.Type {
 	case "price":
@@ -211,19 +234,7 @@ func (pc *providerConn) execute(msg []byte, r *reply) {
 		pc.fill(r, pc.errorFrame(ref, market.Invalid("offer_id is required")))
 		return
 	}
-	err := pc.s.svc.SubmitOfferUpdate(*pc.caller.Load(), cmd.OfferID, patch, func(version int64, err error) {
-		if err != nil {
-			pc.fill(r, pc.errorFrame(ref, err))
-			return
-		}
-		pc.s.acks.Add(1)
-		b := make([]byte, 0, 40+len(ref))
-		b = append(b, `{"type":"ack","ref":`...)
-		b = hub.AppendJSONString(b, ref)
-		b = append(b, `,"version":`...)
-		b = strconv.AppendInt(b, version, 10)
-		pc.fill(r, append(b, '}'))
-	})
+	err := pc.s.svc.SubmitOfferUpdate(*pc.caller.Load(), cmd.OfferID, patch, r)
 	if err != nil {
 		pc.fill(r, pc.errorFrame(ref, err))
 	}

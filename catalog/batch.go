@@ -723,12 +723,25 @@ func (s *Store) forgetState(id string) {
 	c.mu.Unlock()
 }
 
+// Completer takes the result of a submitted update (SubmitUpdate).
+type Completer interface {
+	Complete(UpdateResult)
+}
+
+// DoneFunc is a function as a Completer.
+type DoneFunc func(UpdateResult)
+
+// Complete calls f.
+func (f DoneFunc) Complete(r UpdateResult) { f(r) }
+
 // SubmitUpdate queues an offer update for the next batch and returns at
-// once; done is called with its result, from the batch's goroutine, once
-// the batch has run. done must not block. Updates of one offer are applied,
-// and their done called, in submission order; updates of different offers
-// may complete in any order.
-func (s *Store) SubmitUpdate(u OfferUpdate, done func(UpdateResult)) {
+// once; done is given its result, from the batch's goroutine, once the
+// batch has run. done must not block. Updates of one offer are applied, and
+// their done called, in submission order; updates of different offers may
+// complete in any order. (An interface rather than a function: a caller
+// that has an object per update anyway, as the provider stream does, then
+// needs no closure.)
+func (s *Store) SubmitUpdate(u OfferUpdate, done Completer) {
 	b := &s.batchers[batchShard(u.ID)]
 	b.mu.Lock()
 	b.queue = append(b.queue, pendingUpdate{u, done})
@@ -767,7 +780,7 @@ const batchTimeout = 10 * time.Second
 
 type pendingUpdate struct {
 	u    OfferUpdate
-	done func(UpdateResult)
+	done Completer
 }
 
 // batcher holds the updates of one shard waiting for the next batch. At
@@ -813,7 +826,7 @@ func (s *Store) runBatches(b *batcher) {
 		cancel()
 		s.batchRuns.Add(1)
 		for i, p := range batch {
-			p.done(res[i])
+			p.done.Complete(res[i])
 		}
 		clear(batch[:cap(batch)]) // also the copies of what stayed queued
 		err := storeDown(res)
@@ -827,7 +840,7 @@ func (s *Store) runBatches(b *batcher) {
 			b.queue = nil
 			b.mu.Unlock()
 			for _, p := range queued {
-				p.done(UpdateResult{Err: err})
+				p.done.Complete(UpdateResult{Err: err})
 			}
 		}
 		b.mu.Lock()
@@ -859,7 +872,7 @@ func storeDown(res []UpdateResult) error {
 func (s *Store) UpdateOffer(ctx context.Context, u OfferUpdate) (market.Offer, error) {
 	u.Full = true
 	ch := make(chan UpdateResult, 1)
-	s.SubmitUpdate(u, func(r UpdateResult) { ch <- r })
+	s.SubmitUpdate(u, DoneFunc(func(r UpdateResult) { ch <- r }))
 	select {
 	case r := <-ch:
 		return r.Offer, r.Err

@@ -238,7 +238,7 @@ func TestSubmitUpdateOrder(t *testing.T) {
 			results := make(chan UpdateResult, each)
 			for i := 0; i < each; i++ {
 				p := decimal.New(int64(500+i), -2)
-				s.SubmitUpdate(OfferUpdate{ID: id, ProviderID: "p", Price: &p, Now: time.Now()}, func(r UpdateResult) { results <- r })
+				s.SubmitUpdate(OfferUpdate{ID: id, ProviderID: "p", Price: &p, Now: time.Now()}, DoneFunc(func(r UpdateResult) { results <- r }))
 			}
 			for i := 0; i < each; i++ {
 				r := <-results
@@ -379,7 +379,7 @@ func TestBatchesFailFastWhenRedisHangs(t *testing.T) {
 	}
 	results := make(chan UpdateResult, n)
 	for i := 0; i < n; i++ {
-		s.SubmitUpdate(OfferUpdate{ID: fmt.Sprintf("o%d", i), ProviderID: "p", Price: ptrPrice("20.00")}, func(r UpdateResult) { results <- r })
+		s.SubmitUpdate(OfferUpdate{ID: fmt.Sprintf("o%d", i), ProviderID: "p", Price: ptrPrice("20.00")}, DoneFunc(func(r UpdateResult) { results <- r }))
 	}
 	for i := 0; i < n; i++ {
 		if r := <-results; !market.IsCode(r.Err, market.CodeUnavailable) {
