@@ -60,14 +60,31 @@ func (w *world) events(n int) []Event {
 }
 
 // TestEngineEqualsRank drives the engine's goroutines with random events and
-// checks every Match against Rank over the engine's own snapshots.
+// checks every Match against Rank over the engine's own snapshots, and the
+// snapshots against books given the same events directly.
 func TestEngineEqualsRank(t *testing.T) {
 	ctx := context.Background()
 	for seed := int64(1); seed <= 30; seed++ {
 		w := newWorld(seed)
 		e := NewEngine(Config{Markets: testMarkets(w), QueueSize: 8})
 		evs := w.events(300)
+		// ref: the same events applied to books directly, to compare the
+		// engine's snapshots with.
+		ref := map[market.MarketKey]*Book{}
+		for _, m := range testMarkets(w) {
+			ref[m] = NewBook(m)
+		}
 		for i, ev := range evs {
+			switch ev.Kind {
+			case EventUpsert:
+				_ = ref[ev.Offer.Market()].Upsert(ev.Offer, ev.Provider)
+			case EventRemove:
+				ref[ev.Market].Remove(ev.OfferID)
+			case EventProvider:
+				for _, b := range ref {
+					b.SetProvider(ev.Provider, nil)
+				}
+			}
 			if err := e.Apply(ctx, ev); err != nil {
 				t.Fatal(err)
 			}
@@ -76,6 +93,18 @@ func TestEngineEqualsRank(t *testing.T) {
 			}
 			if err := e.Sync(ctx); err != nil {
 				t.Fatal(err)
+			}
+			for m, b := range ref {
+				key := func(cs []Candidate) []string {
+					var out []string
+					for _, c := range cs {
+						out = append(out, fmt.Sprintf("%s v%d %s %s", c.Offer.ID, c.Offer.Version, c.Offer.Price, c.Provider.Status))
+					}
+					return out
+				}
+				if got, want := key(e.Snapshot(m).Candidates()), key(b.Publish().Candidates()); !slices.Equal(got, want) {
+					t.Fatalf("seed %d event %d: market %s holds %v, want %v", seed, i, m, got, want)
+				}
 			}
 			for k := 0; k < 10; k++ {
 				req := w.request()
