@@ -135,16 +135,22 @@ for mi = 1, nm do
     if full == '1' then return offer(k, o) end
     return 'S\t' .. s
   end
+  -- predicted applies a prediction when the stored state is the
+  -- expected one, and says whether it did
+  local function predicted(id, expected, new, sc, delta, tick)
+    if cur[id] ~= expected then return false end
+    cur[id], dirty[id] = new, true
+    if delta ~= '' then
+      move(id, sc)
+      deltas[#deltas + 1] = delta
+      ticks[#ticks + 1] = tick
+    end
+    return true
+  end
   for _ = 1, cnt do
     local id, r = ARGV[a + 2]
     if ARGV[a + 1] == 'p' then
-      if cur[id] == ARGV[a + 3] then
-        cur[id], dirty[id] = ARGV[a + 4], true
-        if ARGV[a + 6] ~= '' then
-          move(id, ARGV[a + 5])
-          deltas[#deltas + 1] = ARGV[a + 6]
-          ticks[#ticks + 1] = ARGV[a + 7]
-        end
+      if predicted(id, ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7]) then
         r = 1
       else
         local e, t = sparse(ARGV[a + 3]), sparse(ARGV[a + 4])
@@ -153,13 +159,7 @@ for mi = 1, nm do
       a = a + 7
     elseif ARGV[a + 1] == 'P' then
       -- several predicted price changes of one offer: all or none
-      if cur[id] == ARGV[a + 4] then
-        cur[id], dirty[id] = ARGV[a + 5], true
-        if ARGV[a + 7] ~= '' then
-          move(id, ARGV[a + 6])
-          deltas[#deltas + 1] = ARGV[a + 7]
-          ticks[#ticks + 1] = ARGV[a + 8]
-        end
+      if predicted(id, ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8]) then
         r = 1
       else
         -- the offer changed: each goes checked, from its price, score
