@@ -282,8 +282,8 @@ func decodeCommand(msg []byte, cmd *providerCommand) error {
 // with the same values.
 //
 // It makes one string of the message and takes the values as parts of it,
-// and keeps Ref, Price and Units in cmd itself: a command costs one
-// allocation besides cmd.
+// and keeps Ref, Price and Units in cmd itself: decoding costs that one
+// allocation (cmd lives in the command's reply).
 func scanCommand(msg []byte, cmd *providerCommand) bool {
 	i := 0
 	var whole string // msg as a string, made when the first value is read
