@@ -734,15 +734,31 @@ type DoneFunc func(UpdateResult)
 // Complete calls f.
 func (f DoneFunc) Complete(r UpdateResult) { f(r) }
 
-// SubmitUpdate queues an offer update for the next batch and returns at
-// once; done is given its result, from the batch's goroutine, once the
-// batch has run. done must not block. Updates of one offer are applied, and
-// their done called, in submission order; updates of different offers may
+// SubmitUpdate queues an offer update for the next batch and returns;
+// done is given its result, from the batch's goroutine, once the batch has
+// run. done must not block. Updates of one offer are applied, and their
+// done called, in submission order; updates of different offers may
 // complete in any order. (An interface rather than a function: a caller
 // that has an object per update anyway, as the provider stream does, then
 // needs no closure.)
+//
+// The batch is its market's shard's: the first update of an offer this
+// Store has not seen waits for its market to be read from Redis, and one
+// that fails to find it gets done's answer at once, on the caller's
+// goroutine.
 func (s *Store) SubmitUpdate(u OfferUpdate, done Completer) {
-	b := &s.batchers[batchShard(u.ID)]
+	m, ok := s.cachedMarket(u.ID)
+	if !ok {
+		ctx, cancel := context.WithTimeout(context.Background(), locateTimeout)
+		var err error
+		m, err = s.OfferMarket(ctx, u.ID)
+		cancel()
+		if err != nil {
+			done.Complete(UpdateResult{Err: err})
+			return
+		}
+	}
+	b := &s.batchers[s.marketShard(m)]
 	b.mu.Lock()
 	b.queue = append(b.queue, pendingUpdate{u, done})
 	if b.running {
@@ -754,19 +770,39 @@ func (s *Store) SubmitUpdate(u OfferUpdate, done Completer) {
 	go s.runBatches(b)
 }
 
-// batchShards is how many batches may be in Redis at once. Each offer
+// batchShards is how many batches may be in Redis at once. Each market
 // belongs to one shard, whose batches run one after the other, so an
 // offer's updates stay in order. A batch's round trip takes several times
 // its script's run in Redis (the request is read in 16 KB steps between
 // other clients' commands, the reply waits for a core on a busy machine),
-// so four shards keep Redis busier than two: 30.2k against 25.8k updates/s
-// (medians of 6 alternating runs, docs/BENCHMARKS.md). Shards by market
-// instead put more updates of each market in a batch and cost Redis less
-// per update, but kept fewer batches in flight: 31.4k-37.9k against
-// 35.0k-36.7k updates/s with shards by offer (4 alternating pairs), and a
-// market that takes most updates would have one batch at a time.
+// so four shards keep Redis busier than two (docs/BENCHMARKS.md).
+//
+// Shards by market put all of a market's waiting updates in one batch: the
+// script pays for a market (five commands, about 32 µs) once per round,
+// not once per shard. Markets go to the shards in turn as they first
+// appear, which spreads them evenly; a market that takes most updates has
+// one batch in flight at a time (up to maxBatch updates a round trip).
+// Session 4 hashed markets to shards, which spread the load client's 31
+// markets unevenly, and went back to shards by offer. Against shards by
+// offer, turn-taking shards cost Redis 6.7-7.2 µs per update instead of
+// 7.8-9.8 (64 streams × 4 offers) and 20.0-20.3 instead of 24.7-26.8
+// (64 × 64 offers) in alternating load runs (docs/BENCHMARKS.md).
 const batchShards = 4
 
+// locateTimeout bounds reading an offer's market when an update arrives
+// for an offer this Store has not seen.
+const locateTimeout = 2 * time.Second
+
+// marketShard is market m's batch shard.
+func (s *Store) marketShard(m market.MarketKey) int {
+	if v, ok := s.shards.Load(m); ok {
+		return v.(int)
+	}
+	v, _ := s.shards.LoadOrStore(m, int((s.nextShard.Add(1)-1)%batchShards))
+	return v.(int)
+}
+
+// batchShard is the shard of an offer's predicted state (stateCache).
 func batchShard(id string) int {
 	var h uint32 = 2166136261
 	for i := 0; i < len(id); i++ {

@@ -223,9 +223,10 @@ func TestFollowCompletesDeltas(t *testing.T) {
 // an offer is given once, and the offer ends at the last price sent.
 func TestSubmitUpdateOrder(t *testing.T) {
 	s := testStore(t)
-	m := market.MarketKey{Class: "gpu.l40s-48g", Region: "cn-west"}
+	// Offers over five markets, so over every batch shard.
 	const callers, each = 16, 200
 	for c := 0; c < callers; c++ {
+		m := market.MarketKey{Class: "gpu.l40s-48g", Region: fmt.Sprintf("cn-r%d", c%5)}
 		mustCreate(t, s, fmt.Sprintf("o%d", c), "p", m, 8, "5.00", true)
 	}
 	var wg sync.WaitGroup
@@ -261,7 +262,12 @@ func TestSubmitUpdateOrder(t *testing.T) {
 		}
 	}
 	// Fewer entries than updates: the updates were committed in batches.
-	n, _ := s.rdb.XLen(context.Background(), ChangeStreamKey(m)).Result()
+	var n int64
+	for r := 0; r < 5; r++ {
+		m := market.MarketKey{Class: "gpu.l40s-48g", Region: fmt.Sprintf("cn-r%d", r)}
+		k, _ := s.rdb.XLen(context.Background(), ChangeStreamKey(m)).Result()
+		n += k
+	}
 	if n >= callers+callers*each {
 		t.Fatalf("%d change entries for %d updates: no batching", n, callers*each)
 	}
@@ -519,5 +525,41 @@ func TestCoalescedPriceChanges(t *testing.T) {
 	}
 	if want := []string{"o 6 17 9", "o 7 16.5 9", "x 4 28 16"}; !slices.Equal(got, want) {
 		t.Fatalf("tick lines after a change %v, want %v", got, want)
+	}
+}
+
+// TestSubmitUpdateShards: markets take the batch shards in turn as they
+// first appear; an update of an offer the Store has not seen finds its
+// market first, and one of an offer that does not exist is answered at
+// once.
+func TestSubmitUpdateShards(t *testing.T) {
+	s := testStore(t)
+	var ms []market.MarketKey
+	for i := 0; i < 2*batchShards+1; i++ {
+		ms = append(ms, market.MarketKey{Class: "gpu.h100-80g", Region: fmt.Sprintf("cn-s%d", i)})
+		mustCreate(t, s, fmt.Sprintf("s%d", i), "p", ms[i], 8, "5.00", true)
+	}
+	for i, m := range ms {
+		if got := s.marketShard(m); got != i%batchShards {
+			t.Fatalf("market %d: shard %d, want %d", i, got, i%batchShards)
+		}
+	}
+	if s.marketShard(ms[0]) != 0 || s.marketShard(ms[batchShards+1]) != 1 {
+		t.Fatal("a market changed shard")
+	}
+	fresh := New(s.rdb) // knows no offer's market yet
+	results := make(chan UpdateResult, 2)
+	fresh.SubmitUpdate(OfferUpdate{ID: "s3", ProviderID: "p", Price: ptrPrice("4.50")}, DoneFunc(func(r UpdateResult) { results <- r }))
+	if r := <-results; r.Err != nil || r.Version != 2 {
+		t.Fatalf("update of an offer the store had not seen: %+v", r)
+	}
+	fresh.SubmitUpdate(OfferUpdate{ID: "nope", ProviderID: "p", Price: ptrPrice("4.50")}, DoneFunc(func(r UpdateResult) { results <- r }))
+	select {
+	case r := <-results:
+		if market.ErrorCode(r.Err) != market.CodeNotFound {
+			t.Fatalf("update of no offer: %+v", r)
+		}
+	default:
+		t.Fatal("an update of no offer was not answered at once")
 	}
 }

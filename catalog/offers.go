@@ -239,8 +239,8 @@ func offerScriptError(id, op string, err error) error {
 
 // OfferMarket returns the market an offer is listed in, or not_found.
 func (s *Store) OfferMarket(ctx context.Context, id string) (market.MarketKey, error) {
-	if m, ok := s.locs.Load(id); ok {
-		return m.(market.MarketKey), nil
+	if m, ok := s.cachedMarket(id); ok {
+		return m, nil
 	}
 	loc, err := s.rdb.HGet(ctx, offerLocKey, id).Result()
 	if errors.Is(err, redis.Nil) {
@@ -256,6 +256,14 @@ func (s *Store) OfferMarket(ctx context.Context, id string) (market.MarketKey, e
 	m := market.MarketKey{Class: class, Region: region}
 	s.locs.Store(id, m)
 	return m, nil
+}
+
+// cachedMarket is the market of offer id when this Store knows it.
+func (s *Store) cachedMarket(id string) (market.MarketKey, bool) {
+	if m, ok := s.locs.Load(id); ok {
+		return m.(market.MarketKey), true
+	}
+	return market.MarketKey{}, false
 }
 
 // Offer returns an offer in any status, or not_found.

@@ -25,6 +25,10 @@ type Store struct {
 	// the batches run.
 	batchers  [batchShards]batcher
 	batchRuns atomic.Int64
+	// shards assigns markets to batchers, in turn as they first appear
+	// (marketShard); nextShard is the next turn.
+	shards    sync.Map
+	nextShard atomic.Uint32
 	// stateCaches hold what the last updates left of each offer, to
 	// predict the next price change (batch.go, offerState).
 	stateCaches [batchShards]stateCache
