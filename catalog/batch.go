@@ -277,11 +277,12 @@ func (s *Store) states(id string) *stateCache { return &s.stateCaches[batchShard
 // is checked and applied on its own: one refused update does not refuse the
 // others. A Redis failure fails every update of its group.
 func (s *Store) UpdateOffers(ctx context.Context, us []OfferUpdate) []UpdateResult {
-	return s.updateOffers(ctx, us, make([]UpdateResult, len(us)))
+	return s.updateOffers(ctx, us, nil, make([]UpdateResult, len(us)))
 }
 
-// updateOffers is UpdateOffers into res, which holds len(us) zero results.
-func (s *Store) updateOffers(ctx context.Context, us []OfferUpdate, res []UpdateResult) []UpdateResult {
+// updateOffers is UpdateOffers into res, which holds len(us) zero results;
+// markets, when not nil, holds the market of each update's offer.
+func (s *Store) updateOffers(ctx context.Context, us []OfferUpdate, markets []market.MarketKey, res []UpdateResult) []UpdateResult {
 	ticks := make([]int64, len(us)) // each new price in ticks
 	type mkt struct {
 		key market.MarketKey
@@ -295,10 +296,15 @@ func (s *Store) updateOffers(ctx context.Context, us []OfferUpdate, res []Update
 	var gorder []int
 	for i := range us {
 		u := &us[i]
-		m, err := s.OfferMarket(ctx, u.ID)
-		if err != nil {
-			res[i].Err = err
-			continue
+		var m market.MarketKey
+		if markets != nil {
+			m = markets[i]
+		} else {
+			var err error
+			if m, err = s.OfferMarket(ctx, u.ID); err != nil {
+				res[i].Err = err
+				continue
+			}
 		}
 		if u.Price != nil {
 			t, ok := market.PriceTicks(*u.Price)
@@ -760,7 +766,7 @@ func (s *Store) SubmitUpdate(u OfferUpdate, done Completer) {
 	}
 	b := &s.batchers[s.marketShard(m)]
 	b.mu.Lock()
-	b.queue = append(b.queue, pendingUpdate{u, done})
+	b.queue = append(b.queue, pendingUpdate{u, m, done})
 	if b.running {
 		b.mu.Unlock()
 		return
@@ -816,6 +822,7 @@ const batchTimeout = 10 * time.Second
 
 type pendingUpdate struct {
 	u    OfferUpdate
+	m    market.MarketKey // the offer's market
 	done Completer
 }
 
@@ -831,6 +838,7 @@ type batcher struct {
 
 func (s *Store) runBatches(b *batcher) {
 	var us []OfferUpdate
+	var ms []market.MarketKey
 	var res []UpdateResult
 	for {
 		b.mu.Lock()
@@ -850,15 +858,15 @@ func (s *Store) runBatches(b *batcher) {
 		}
 		b.mu.Unlock()
 
-		us = us[:0]
+		us, ms = us[:0], ms[:0]
 		for _, p := range batch {
-			us = append(us, p.u)
+			us, ms = append(us, p.u), append(ms, p.m)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
 		if cap(res) < len(us) {
 			res = make([]UpdateResult, len(us), maxBatch)
 		}
-		res = s.updateOffers(ctx, us, res[:len(us)])
+		res = s.updateOffers(ctx, us, ms, res[:len(us)])
 		cancel()
 		s.batchRuns.Add(1)
 		for i, p := range batch {
