@@ -392,8 +392,8 @@ func TestBatchesFailFastWhenRedisHangs(t *testing.T) {
 			t.Fatalf("update %d against a hung Redis: %+v", i, r)
 		}
 	}
-	// One batch per shard reached Redis (every update was queued before the
-	// first failed); a batch at a time would be about 4 × ⌈500/256⌉ = 8.
+	// One batch reached Redis (every update was queued, in the market's
+	// shard, before it failed); a batch at a time would be ⌈2000/256⌉ = 8.
 	if runs := s.batchRuns.Load(); runs > batchShards {
 		t.Fatalf("%d batches tried against a hung Redis", runs)
 	}
