@@ -42,11 +42,11 @@ const maxBatch = 256
 //	"p" (predicted price change), six: id, expected state, new state, new
 //	    index score, delta line, tick line ("" and "" when the offer is
 //	    not listed)
-//	"P" (several predicted price changes of one offer), eight: id, their
-//	    number n, the state expected before the first, the state after
-//	    the last, its index score, their delta lines and their tick lines
-//	    (each joined by newlines), and each change's price, score and time
-//	    (ms), tab-separated, a line each
+//	"P" (several predicted price changes of one offer), seven: id, the
+//	    state expected before the first, the state after the last, its
+//	    index score, their delta lines and their tick lines (each joined
+//	    by newlines), and each change's price, score and time (ms),
+//	    tab-separated, a line each
 //
 // A "p" update is brokerd's prediction of what the checked path would do to
 // an offer it knows (offerState): it applies only when the offer's stored
@@ -62,11 +62,10 @@ const maxBatch = 256
 // changed ones back in one HSET; the index moves go in one ZADD, one score
 // an offer (the index scores offers by price: a move is a new score; an
 // offer that moves several times in a batch, as a busy one does, moves
-// once), the change-stream
-// lines in one entry, the ticks in one entry. On Redis 7.0 each command a
-// script runs, and each value crossing between Lua and Redis, costs far
-// more than the comparisons, which is why the predicted path carries whole
-// packed states (docs/BENCHMARKS.md).
+// once), the change-stream lines in one entry, the ticks in one entry. On
+// Redis 7.0 each command a script runs, and each value crossing between Lua
+// and Redis, costs far more than the comparisons, which is why the
+// predicted path carries whole packed states (docs/BENCHMARKS.md).
 //
 // A "P" entry applies whole when the stored state is the expected one;
 // otherwise each of its changes takes the checked path in turn, and its
@@ -97,7 +96,7 @@ for mi = 1, nm do
       ids[#ids + 1] = id
     end
     local kind = ARGV[at + 1]
-    if kind == 'p' then at = at + 7 elseif kind == 'P' then at = at + 9 else at = at + 8 end
+    if kind == 'p' then at = at + 7 else at = at + 8 end
   end
   local got = redis.call('HMGET', sk, unpack(ids))
   for i, id in ipairs(ids) do cur[id] = got[i] end
@@ -159,18 +158,18 @@ for mi = 1, nm do
       a = a + 7
     elseif ARGV[a + 1] == 'P' then
       -- several predicted price changes of one offer: all or none
-      if predicted(id, ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8]) then
+      if predicted(id, ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7]) then
         r = 1
       else
         -- the offer changed: each goes checked, from its price, score
         -- and time
-        local e = sparse(ARGV[a + 4])
+        local e = sparse(ARGV[a + 3])
         r = {}
-        for price, sc, now in string.gmatch(ARGV[a + 9], '([^\t\n]*)\t([^\t\n]*)\t([^\t\n]*)\n') do
+        for price, sc, now in string.gmatch(ARGV[a + 8], '([^\t\n]*)\t([^\t\n]*)\t([^\t\n]*)\n') do
           r[#r + 1] = checked(id, e.provider, price, sc, '', '0', now)
         end
       end
-      a = a + 9
+      a = a + 8
     else
       ki = ki + 1
       r = checked(id, ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], KEYS[4 * nm + ki])
@@ -597,7 +596,7 @@ func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.Mar
 				group := order[first:]
 				next := pred[group[len(group)-1]]
 				sizes = append(sizes, len(group))
-				args = append(args, "P", &u.ID, len(group), &p.expected.packed, &next.packed, &next.score, str(joined[:d]), str(joined[d:t]), str(joined[t:]))
+				args = append(args, "P", &u.ID, &p.expected.packed, &next.packed, &next.score, str(joined[:d]), str(joined[d:t]), str(joined[t:]))
 				op.predicted = 0 // emitted: its other updates are skipped
 			default:
 				entries-- // part of an entry already made

@@ -1,9 +1,6 @@
 package catalog
 
-import (
-	"strconv"
-	"strings"
-)
+import "strconv"
 
 // An offer lives in two places of its market's slot: its hash
 // (OfferKey) holds what never changes (id, provider, class, region,
@@ -84,16 +81,4 @@ func stateOf(s string) (offerState, bool) {
 		return offerState{}, false
 	}
 	return st, true
-}
-
-// pack returns st's stored form, in stateFields' order.
-func (st *offerState) pack() string {
-	listed := "0"
-	if st.listed {
-		listed = "1"
-	}
-	return strings.Join([]string{
-		strconv.FormatInt(st.version, 10), st.status, listed, st.price, st.priceAt,
-		strconv.FormatInt(st.units, 10), strconv.FormatInt(st.free, 10), st.updatedAt, st.score, st.provider,
-	}, "\t")
 }

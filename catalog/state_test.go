@@ -1,6 +1,10 @@
 package catalog
 
-import "testing"
+import (
+	"strconv"
+	"strings"
+	"testing"
+)
 
 // TestStatePacking: an offer state survives packing and unpacking, in the
 // field order the scripts use, and malformed stored states are refused.
@@ -48,4 +52,17 @@ func TestReprice(t *testing.T) {
 			t.Fatalf("repriced state %+v; unpacked %+v, %v; want %+v", next, got, ok, want)
 		}
 	}
+}
+
+// pack returns st's stored form, in stateFields' order: the tests' oracle
+// for what the scripts and offerState.reprice store.
+func (st *offerState) pack() string {
+	listed := "0"
+	if st.listed {
+		listed = "1"
+	}
+	return strings.Join([]string{
+		strconv.FormatInt(st.version, 10), st.status, listed, st.price, st.priceAt,
+		strconv.FormatInt(st.units, 10), strconv.FormatInt(st.free, 10), st.updatedAt, st.score, st.provider,
+	}, "\t")
 }
