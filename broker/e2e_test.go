@@ -280,6 +280,7 @@ func TestHealthReadyMetrics(t *testing.T) {
 	for _, series := range []string{"broker_http_request_duration_seconds", "broker_history_lag_seconds",
 		// what only grows is a counter, so rate() and increase() take it
 		"# TYPE broker_offer_updates_predicted_total counter", "# TYPE broker_offer_updates_mispredicted_total counter",
+		"# TYPE broker_offer_update_batches_total counter", "# TYPE broker_offer_updates_batched_total counter",
 		"# TYPE broker_history_trimmed_total counter", "# TYPE broker_history_pending gauge"} {
 		if !strings.Contains(string(m.Raw), series) {
 			t.Errorf("/metrics lacks %s", series)

@@ -213,6 +213,8 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	metrics.RegisterCounter("broker_offer_updates_predicted_total", "Price changes applied as brokerd predicted them (the offer was as brokerd last saw it).", func() float64 { n, _ := offers.Predictions(); return float64(n) })
 	metrics.RegisterCounter("broker_offer_updates_mispredicted_total", "Price changes whose offer had changed since brokerd last saw it; the script checked them in full.", func() float64 { _, n := offers.Predictions(); return float64(n) })
+	metrics.RegisterCounter("broker_offer_update_batches_total", "Batches of offer updates sent to Redis, each one script call (updates_batched_total / this = the mean batch).", func() float64 { n, _ := offers.Batches(); return float64(n) })
+	metrics.RegisterCounter("broker_offer_updates_batched_total", "Offer updates (price and units changes) that went to Redis in batches.", func() float64 { _, n := offers.Batches(); return float64(n) })
 	metrics.RegisterCounter("broker_history_trimmed_total", "History entries trimmed from the Redis trade streams after they were stored.", func() float64 { return float64(src.Trimmed.Load()) })
 	m.writer = history.NewWriter(hist, streamSource{src}, history.WriterOptions{Logger: m.log})
 	metrics.RegisterGauge("broker_history_lag_seconds", "Age of the oldest trade not yet stored in ClickHouse.", func() float64 { return m.writer.Stats().LagSeconds })

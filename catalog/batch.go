@@ -705,6 +705,12 @@ func (s *Store) decodeUpdate(u *OfferUpdate, r *UpdateResult, p *offerState, v a
 	}
 }
 
+// Batches returns how many update batches went to Redis and how many
+// updates they carried in all (SubmitUpdate).
+func (s *Store) Batches() (batches, updates int64) {
+	return s.batchRuns.Load(), s.batched.Load()
+}
+
 // Predictions returns how many price changes went as predictions and
 // applied, and how many found the offer changed and took the checked path.
 func (s *Store) Predictions() (applied, stale int64) {
@@ -868,6 +874,7 @@ func (s *Store) runBatches(b *batcher) {
 		res = s.updateOffers(ctx, us, ms, res[:len(us)])
 		cancel()
 		s.batchRuns.Add(1)
+		s.batched.Add(int64(len(us)))
 		for i, p := range batch {
 			p.done.Complete(res[i])
 		}

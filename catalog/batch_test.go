@@ -271,6 +271,10 @@ func TestSubmitUpdateOrder(t *testing.T) {
 	if n >= callers+callers*each {
 		t.Fatalf("%d change entries for %d updates: no batching", n, callers*each)
 	}
+	// Batches counts every update once, in fewer batches than updates.
+	if batches, updates := s.Batches(); updates != callers*each || batches < 1 || batches >= updates {
+		t.Fatalf("Batches() = %d batches, %d updates; %d updates were submitted", batches, updates, callers*each)
+	}
 }
 
 func TestDecodeTicksRejectsMalformed(t *testing.T) {

@@ -22,9 +22,9 @@ type Store struct {
 	// lookup costs one Redis round trip per offer and process, not per update.
 	locs sync.Map
 	// batchers group-commit offer updates (batch.go); batchRuns counts
-	// the batches run.
-	batchers  [batchShards]batcher
-	batchRuns atomic.Int64
+	// the batches run, batched the updates they carried.
+	batchers           [batchShards]batcher
+	batchRuns, batched atomic.Int64
 	// shards assigns markets to batchers, in turn as they first appear
 	// (marketShard); nextShard is the next turn.
 	shards    sync.Map
