@@ -33,8 +33,10 @@ const maxBatch = 256
 // KEYS: per market j (1-based) its state hash, index, change stream and
 // trade stream at 4j-3 … 4j; then the offer hash of every checked update,
 // in argument order. ARGV: nm, change-stream maxlen; then per market its
-// class, region and number of updates, followed by those updates, each a
-// kind and its arguments:
+// class, region, number of entries n and form, followed by its entries.
+//
+// Form "e": the entries one after the other, each a kind and its
+// arguments:
 //
 //	"s" (checked), seven: id, provider, price ("" = unchanged), index
 //	    score (the price in ticks), units ("" = unchanged), full ("1":
@@ -48,6 +50,14 @@ const maxBatch = 256
 //	    by newlines), and each change's price, score and time (ms),
 //	    tab-separated, a line each
 //
+// Form "f" (every entry of the market predicted, one per offer), in
+// columns: z, the number of listed offers; the n ids; the n expected
+// states; n pairs of id and new state (HSET's arguments); z pairs of new
+// index score and id (ZADD's); the n entries' change lines ("" for a
+// single change, else as in "P"); all delta lines joined by newlines; the
+// ticks entry's value (class and region, then all tick lines; "" when no
+// offer is listed).
+//
 // A "p" update is brokerd's prediction of what the checked path would do to
 // an offer it knows (offerState): it applies only when the offer's stored
 // state is still exactly the expected one, in which case the new state is
@@ -56,6 +66,12 @@ const maxBatch = 256
 // came round again, after a Redis lost its last writes.) Otherwise it takes
 // the checked path in place, with the price, index score and time of the
 // new state, so the order of an offer's updates holds.
+//
+// A market in form "f" applies with five commands and no work per offer
+// in Lua besides one comparison, when every offer's stored state is the
+// expected one: its arguments are already the commands' arguments. If one
+// is not, the whole market goes as form "e" would: entry by entry, each
+// change of an offer whose state is not the expected one checked.
 //
 // Per market, the script reads the states of all its offers in one HMGET,
 // keeps them in Lua while it applies the updates in order, and writes the
@@ -83,122 +99,183 @@ var updateBatchScript = redis.NewScript(stateLua + `
 local nm, maxlen = tonumber(ARGV[1]), ARGV[2]
 local a, ki, n, out = 2, 0, 0, {}
 for mi = 1, nm do
-  local class, region, cnt = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
-  local sk = KEYS[4 * mi - 3]
-  a = a + 3
-  -- cur: each offer's stored state as the batch goes (false: none)
-  local ids, seen, cur, dirty = {}, {}, {}, {}
-  local at = a
-  for _ = 1, cnt do
-    local id = ARGV[at + 2]
-    if not seen[id] then
-      seen[id] = true
-      ids[#ids + 1] = id
-    end
-    local kind = ARGV[at + 1]
-    if kind == 'p' then at = at + 7 else at = at + 8 end
-  end
-  local got = redis.call('HMGET', sk, unpack(ids))
-  for i, id in ipairs(ids) do cur[id] = got[i] end
-  -- moved: the offers whose index score changed, in order; score: their
-  -- last score (an offer often moves several times in a batch)
-  local deltas, ticks, moved, score = {}, {}, {}, {}
-  local function move(id, sc)
-    if not score[id] then moved[#moved + 1] = id end
-    score[id] = sc
-  end
-  local function checked(id, prov, price, sc, units, full, now, k)
-    local s = cur[id]
-    if not s then return 'E:not_found' end
-    local o = sparse(s)
-    if o.provider ~= prov then return 'E:forbidden' end
-    if o.status ~= 'active' then return 'E:not_found' end
-    if units ~= '' then
-      local nu, leased = tonumber(units), tonumber(o.units) - tonumber(o.free)
-      if nu < leased then return 'E:below_leased:' .. leased end
-      o.units, o.free = units, tostring(nu - leased)
-    end
-    o.version, o.updated_at = tostring(tonumber(o.version) + 1), now
-    if price ~= '' then
-      if o.listed == '1' then
-        move(id, sc)
-        ticks[#ticks + 1] = id .. '\t' .. prov .. '\t' .. o.version .. '\t' .. price .. '\t' .. o.free .. '\t' .. now
+  local class, region, cnt, form = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3]), ARGV[a + 4]
+  local sk, ik, ck, tk = KEYS[4 * mi - 3], KEYS[4 * mi - 2], KEYS[4 * mi - 1], KEYS[4 * mi]
+  a = a + 4
+  -- ids: the market's offers; cur: each one's stored state as the batch
+  -- goes (false: none)
+  local ids, cur, dirty, fast = {}, {}, {}, false
+  -- form "f": where its columns start
+  local fid, fexp, fset, fzadd, fch, fdl
+  if form == 'f' then
+    local z = tonumber(ARGV[a + 1])
+    fid = a + 2
+    fexp = fid + cnt
+    fset = fexp + cnt
+    fzadd = fset + 2 * cnt
+    fch = fzadd + 2 * z
+    fdl = fch + cnt
+    a = fdl + 1
+    local got = redis.call('HMGET', sk, unpack(ARGV, fid, fexp - 1))
+    fast = true
+    for i = 1, cnt do
+      if got[i] ~= ARGV[fexp + i - 1] then
+        fast = false
+        break
       end
-      o.price, o.price_at, o.score = price, now, sc
     end
-    if o.listed == '1' then
-      deltas[#deltas + 1] = id .. '\t' .. o.version .. '\t' .. o.price .. '\t' .. o.units .. '\t' .. o.free .. '\t' .. o.price_at .. '\t' .. now
-    end
-    s = spack(o)
-    cur[id], dirty[id] = s, true
-    if full == '1' then return offer(k, o) end
-    return 'S\t' .. s
-  end
-  -- predicted applies a prediction when the stored state is the
-  -- expected one, and says whether it did
-  local function predicted(id, expected, new, sc, delta, tick)
-    if cur[id] ~= expected then return false end
-    cur[id], dirty[id] = new, true
-    if delta ~= '' then
-      move(id, sc)
-      deltas[#deltas + 1] = delta
-      ticks[#ticks + 1] = tick
-    end
-    return true
-  end
-  for _ = 1, cnt do
-    local id, r = ARGV[a + 2]
-    if ARGV[a + 1] == 'p' then
-      if predicted(id, ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7]) then
-        r = 1
-      else
-        local e, t = sparse(ARGV[a + 3]), sparse(ARGV[a + 4])
-        r = checked(id, e.provider, t.price, t.score, '', '0', t.updated_at)
+    if not fast then
+      for i = 1, cnt do
+        ids[i] = ARGV[fid + i - 1]
+        cur[ids[i]] = got[i]
       end
-      a = a + 7
-    elseif ARGV[a + 1] == 'P' then
-      -- several predicted price changes of one offer: all or none
-      if predicted(id, ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7]) then
-        r = 1
-      else
-        -- the offer changed: each goes checked, from its price, score
-        -- and time
-        local e = sparse(ARGV[a + 3])
-        r = {}
-        for price, sc, now in string.gmatch(ARGV[a + 8], '([^\t\n]*)\t([^\t\n]*)\t([^\t\n]*)\n') do
-          r[#r + 1] = checked(id, e.provider, price, sc, '', '0', now)
-        end
-      end
-      a = a + 8
     else
-      ki = ki + 1
-      r = checked(id, ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], KEYS[4 * nm + ki])
-      a = a + 8
+      redis.call('HSET', sk, unpack(ARGV, fset, fzadd - 1))
+      if z > 0 then redis.call('ZADD', ik, unpack(ARGV, fzadd, fch - 1)) end
+      if ARGV[fdl] ~= '' then redis.call('XADD', ck, 'MAXLEN', '~', maxlen, '*', 't', 'delta', 'd', ARGV[fdl]) end
+      if ARGV[fdl + 1] ~= '' then redis.call('XADD', tk, '*', 'k', 'ticks', 'v', ARGV[fdl + 1]) end
+      for _ = 1, cnt do
+        n = n + 1
+        out[n] = 1
+      end
     end
-    n = n + 1
-    out[n] = r
-  end
-  local set = {}
-  for _, id in ipairs(ids) do
-    if dirty[id] then
-      set[#set + 1] = id
-      set[#set + 1] = cur[id]
+  else
+    local seen, at = {}, a
+    for _ = 1, cnt do
+      local id = ARGV[at + 2]
+      if not seen[id] then
+        seen[id] = true
+        ids[#ids + 1] = id
+      end
+      if ARGV[at + 1] == 'p' then at = at + 7 else at = at + 8 end
     end
+    local got = redis.call('HMGET', sk, unpack(ids))
+    for i, id in ipairs(ids) do cur[id] = got[i] end
   end
-  if #set > 0 then redis.call('HSET', sk, unpack(set)) end
-  if #moved > 0 then
-    local add = {}
-    for _, id in ipairs(moved) do
-      add[#add + 1] = score[id]
-      add[#add + 1] = id
+  if not fast then
+    -- moved: the offers whose index score changed, in order; score: their
+    -- last score (an offer often moves several times in a batch)
+    local deltas, ticks, moved, score = {}, {}, {}, {}
+    local function move(id, sc)
+      if not score[id] then moved[#moved + 1] = id end
+      score[id] = sc
     end
-    redis.call('ZADD', KEYS[4 * mi - 2], unpack(add))
-  end
-  if #deltas > 0 then
-    redis.call('XADD', KEYS[4 * mi - 1], 'MAXLEN', '~', maxlen, '*', 't', 'delta', 'd', table.concat(deltas, '\n'))
-  end
-  if #ticks > 0 then
-    redis.call('XADD', KEYS[4 * mi], '*', 'k', 'ticks', 'v', class .. '\t' .. region .. '\n' .. table.concat(ticks, '\n'))
+    local function checked(id, prov, price, sc, units, full, now, k)
+      local s = cur[id]
+      if not s then return 'E:not_found' end
+      local o = sparse(s)
+      if o.provider ~= prov then return 'E:forbidden' end
+      if o.status ~= 'active' then return 'E:not_found' end
+      if units ~= '' then
+        local nu, leased = tonumber(units), tonumber(o.units) - tonumber(o.free)
+        if nu < leased then return 'E:below_leased:' .. leased end
+        o.units, o.free = units, tostring(nu - leased)
+      end
+      o.version, o.updated_at = tostring(tonumber(o.version) + 1), now
+      if price ~= '' then
+        if o.listed == '1' then
+          move(id, sc)
+          ticks[#ticks + 1] = id .. '\t' .. prov .. '\t' .. o.version .. '\t' .. price .. '\t' .. o.free .. '\t' .. now
+        end
+        o.price, o.price_at, o.score = price, now, sc
+      end
+      if o.listed == '1' then
+        deltas[#deltas + 1] = id .. '\t' .. o.version .. '\t' .. o.price .. '\t' .. o.units .. '\t' .. o.free .. '\t' .. o.price_at .. '\t' .. now
+      end
+      s = spack(o)
+      cur[id], dirty[id] = s, true
+      if full == '1' then return offer(k, o) end
+      return 'S\t' .. s
+    end
+    -- predicted applies a prediction when the stored state is the
+    -- expected one, and says whether it did
+    local function predicted(id, expected, new, sc, delta, tick)
+      if cur[id] ~= expected then return false end
+      cur[id], dirty[id] = new, true
+      if delta ~= '' then
+        move(id, sc)
+        deltas[#deltas + 1] = delta
+        ticks[#ticks + 1] = tick
+      end
+      return true
+    end
+    -- rechecked takes the checked path for the predicted changes of an
+    -- offer: the one that brought the state new, or each of changes
+    -- (price, score and time a line); its reply is the one reply, or
+    -- the list of them
+    local function rechecked(id, expected, new, changes)
+      local e = sparse(expected)
+      if changes == '' then
+        local t = sparse(new)
+        return checked(id, e.provider, t.price, t.score, '', '0', t.updated_at)
+      end
+      local r = {}
+      for price, sc, now in string.gmatch(changes, '([^\t\n]*)\t([^\t\n]*)\t([^\t\n]*)\n') do
+        r[#r + 1] = checked(id, e.provider, price, sc, '', '0', now)
+      end
+      return r
+    end
+    if form == 'f' then
+      -- Some offer changed: entry by entry. An offer still as expected
+      -- gets what its prediction says (and its reply says so); its
+      -- delta and tick lines, joined with the others', are made again.
+      for i = 1, cnt do
+        local id, expected = ids[i], ARGV[fexp + i - 1]
+        local same = cur[id] == expected
+        local r = rechecked(id, expected, ARGV[fset + 2 * i - 1], ARGV[fch + i - 1])
+        if same then r = 1 end
+        n = n + 1
+        out[n] = r
+      end
+    else
+      for _ = 1, cnt do
+        local id, r = ARGV[a + 2]
+        if ARGV[a + 1] == 'p' then
+          if predicted(id, ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7]) then
+            r = 1
+          else
+            r = rechecked(id, ARGV[a + 3], ARGV[a + 4], '')
+          end
+          a = a + 7
+        elseif ARGV[a + 1] == 'P' then
+          -- several predicted price changes of one offer: all or none
+          if predicted(id, ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7]) then
+            r = 1
+          else
+            r = rechecked(id, ARGV[a + 3], ARGV[a + 4], ARGV[a + 8])
+          end
+          a = a + 8
+        else
+          ki = ki + 1
+          r = checked(id, ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], KEYS[4 * nm + ki])
+          a = a + 8
+        end
+        n = n + 1
+        out[n] = r
+      end
+    end
+    local set = {}
+    for _, id in ipairs(ids) do
+      if dirty[id] then
+        set[#set + 1] = id
+        set[#set + 1] = cur[id]
+      end
+    end
+    if #set > 0 then redis.call('HSET', sk, unpack(set)) end
+    if #moved > 0 then
+      local add = {}
+      for _, id in ipairs(moved) do
+        add[#add + 1] = score[id]
+        add[#add + 1] = id
+      end
+      redis.call('ZADD', ik, unpack(add))
+    end
+    if #deltas > 0 then
+      redis.call('XADD', ck, 'MAXLEN', '~', maxlen, '*', 't', 'delta', 'd', table.concat(deltas, '\n'))
+    end
+    if #ticks > 0 then
+      redis.call('XADD', tk, '*', 'k', 'ticks', 'v', class .. '\t' .. region .. '\n' .. table.concat(ticks, '\n'))
+    end
   end
 end
 return out
@@ -437,15 +514,9 @@ func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.Mar
 	// batch: an offer's state after its earlier updates in this batch (nil:
 	// unknown, after an update that goes checked).
 	var batch map[string]*offerState
-	// plan: a market's updates before they become entries; per offer, how
+	// plans: a market's updates before they become entries; per offer, how
 	// many are predicted and whether one goes checked.
-	type plan struct {
-		k           int
-		next        int         // the offer's next plan, -1: none
-		expected    *offerState // predicted: the state before
-		delta, tick string
-		entry       []any // checked: the entry
-	}
+	type plan = updatePlan
 	type offerPlan struct{ predicted, checked, last int }
 	var plans []plan
 	offers := map[string]*offerPlan{}
@@ -457,11 +528,12 @@ func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.Mar
 	}
 	k := 0
 	for j, m := range markets {
-		args = append(args, m.Class, m.Region, 0)
-		nEntries := len(args) - 1
+		args = append(args, m.Class, m.Region, 0, "e")
+		nEntries := len(args) - 2
 		offerPrefix := OfferKey(m, "")
 		plans = plans[:0]
 		clear(offers)
+		checked := false // some update of the market goes checked
 		for end := k + counts[j]; k < end; k++ {
 			u := &us[idx[k]]
 			t := u.Now
@@ -473,7 +545,8 @@ func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.Mar
 			}
 			now := lastNow
 			op := offers[u.ID]
-			if op == nil {
+			head := op == nil
+			if head {
 				op = &offerPlan{last: -1}
 				offers[u.ID] = op
 			}
@@ -532,7 +605,7 @@ func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.Mar
 					buf = b
 				}
 				op.predicted++
-				plans = append(plans, plan{k: k, next: -1, expected: expected, delta: delta, tick: tick})
+				plans = append(plans, plan{k: k, next: -1, head: head, expected: expected, delta: delta, tick: tick})
 				continue
 			}
 			batch[u.ID] = nil
@@ -549,7 +622,16 @@ func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.Mar
 				full = "1"
 			}
 			keys = append(keys, offerPrefix+u.ID)
-			plans = append(plans, plan{k: k, next: -1, entry: []any{"s", u.ID, u.ProviderID, price, score, units, full, now}})
+			plans = append(plans, plan{k: k, next: -1, head: head, entry: []any{"s", u.ID, u.ProviderID, price, score, units, full, now}})
+			checked = true
+		}
+		if !s.entriesOnly && !checked {
+			// Every update of the market is predicted: form "f".
+			args[nEntries+1] = "f"
+			var n int
+			args, order, sizes, buf, n = fastForm(args, plans, us, idx, pred, order, sizes, buf, m, str)
+			args[nEntries] = n
+			continue
 		}
 		// The entries, in the updates' order; an offer's coalesced
 		// entry goes where its first update was.
@@ -605,6 +687,118 @@ func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.Mar
 		args[nEntries] = entries
 	}
 	return scriptCall{keys: keys, args: args}, pred, order, sizes
+}
+
+// updatePlan is one update of a market on its way into the script's
+// arguments (updateCall).
+type updatePlan struct {
+	k           int
+	next        int         // the offer's next plan, -1: none
+	head        bool        // the offer's first plan
+	expected    *offerState // predicted: the state before
+	delta, tick string
+	entry       []any // checked: the entry
+}
+
+// fastForm appends to args the columns of form "f" for a market m whose
+// updates plans all go predicted, one entry per offer, and to order and
+// sizes the entries' updates as updateCall says; it returns them, buf for
+// reuse, and the number of entries. Strings that an argument points to
+// are kept by str.
+func fastForm(args []any, plans []updatePlan, us []OfferUpdate, idx []int, pred []*offerState, order, sizes []int, buf []byte,
+	m market.MarketKey, str func(string) *string) ([]any, []int, []int, []byte, int) {
+	entries, listed := 0, 0
+	for _, p := range plans {
+		if p.head {
+			entries++
+			if p.delta != "" {
+				listed++
+			}
+		}
+	}
+	// last: the state after an offer's last change
+	last := func(n int) *offerState {
+		for plans[n].next >= 0 {
+			n = plans[n].next
+		}
+		return pred[plans[n].k]
+	}
+	args = append(args, listed)
+	for _, p := range plans {
+		if p.head {
+			args = append(args, &us[idx[p.k]].ID)
+		}
+	}
+	for _, p := range plans {
+		if p.head {
+			args = append(args, &p.expected.packed)
+		}
+	}
+	for n, p := range plans {
+		if p.head {
+			args = append(args, &us[idx[p.k]].ID, &last(n).packed)
+		}
+	}
+	for n, p := range plans {
+		if p.head && p.delta != "" {
+			args = append(args, &last(n).score, &us[idx[p.k]].ID)
+		}
+	}
+	// The change lines of each entry, the delta lines, the ticks value:
+	// parts of one string, cut at ends.
+	b := buf[:0]
+	ends := make([]int, 0, entries+2)
+	for n, p := range plans {
+		if !p.head {
+			continue
+		}
+		first := len(order)
+		for q := n; q >= 0; q = plans[q].next {
+			order = append(order, plans[q].k)
+		}
+		sizes = append(sizes, len(order)-first)
+		if len(order)-first > 1 {
+			for _, k := range order[first:] {
+				st := pred[k]
+				b = append(append(append(append(append(append(b, st.price...), '\t'), st.score...), '\t'), st.updatedAt...), '\n')
+			}
+		}
+		ends = append(ends, len(b))
+	}
+	for n, p := range plans {
+		if p.head && p.delta != "" {
+			for q := n; q >= 0; q = plans[q].next {
+				if len(b) > ends[len(ends)-1] {
+					b = append(b, '\n')
+				}
+				b = append(b, plans[q].delta...)
+			}
+		}
+	}
+	ends = append(ends, len(b))
+	if listed > 0 {
+		b = append(append(append(append(b, m.Class...), '\t'), m.Region...), '\n')
+		lines := 0
+		for n, p := range plans {
+			if p.head && p.delta != "" {
+				for q := n; q >= 0; q = plans[q].next {
+					if lines > 0 {
+						b = append(b, '\n')
+					}
+					b = append(b, plans[q].tick...)
+					lines++
+				}
+			}
+		}
+	}
+	ends = append(ends, len(b))
+	joined := string(b)
+	from := 0
+	for _, end := range ends {
+		args = append(args, str(joined[from:end]))
+		from = end
+	}
+	return args, order, sizes, b, entries
 }
 
 // decodeUpdates fills the results of the updates us[idx] from their call

@@ -24,18 +24,23 @@ import (
 // full. Every result, every offer hash, every price index and every change-
 // and trade-stream entry must come out the same, and predictions must have
 // been made, some of them stale.
+//
+// The predicting store sends a market whose updates are all predicted in
+// form "f" (updateBatchScript), and also, in a second run of each seed,
+// always in form "e".
 func TestPredictionsAgreeWithChecks(t *testing.T) {
 	for seed := int64(1); seed <= 6; seed++ {
-		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) { predictionsAgree(t, seed) })
+		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) { predictionsAgree(t, seed, false) })
+		t.Run(fmt.Sprint("seed", seed, "-entries"), func(t *testing.T) { predictionsAgree(t, seed, true) })
 	}
 }
 
-func predictionsAgree(t *testing.T, seed int64) {
+func predictionsAgree(t *testing.T, seed int64, entriesOnly bool) {
 	ctx := context.Background()
 	newStore := func(checkedOnly bool) (*Store, *redis.Client) {
 		rdb, _ := historyRedis(t)
 		s := New(rdb)
-		s.checkedOnly = checkedOnly
+		s.checkedOnly, s.entriesOnly = checkedOnly, entriesOnly
 		return s, rdb
 	}
 	pred, rdbP := newStore(false)

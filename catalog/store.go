@@ -35,8 +35,9 @@ type Store struct {
 	// predicted and mispredicted count the price changes that went as
 	// predictions and applied, and those whose prediction was stale.
 	predicted, mispredicted atomic.Int64
-	// checkedOnly turns predictions off (tests compare both paths).
-	checkedOnly bool
+	// checkedOnly turns predictions off (tests compare both paths);
+	// entriesOnly sends every market in form "e" (updateBatchScript).
+	checkedOnly, entriesOnly bool
 	// tokens caches token hash → account id of tokens that worked
 	// (accounts.go); tokenCount counts the stores into it.
 	tokens     sync.Map
