@@ -914,7 +914,12 @@ func (s *Store) Predictions() (applied, stale int64) {
 func (s *Store) keepState(id string, st offerState) {
 	c := s.states(id)
 	c.mu.Lock()
-	if _, known := c.m[id]; c.m == nil || !known && len(c.m) >= maxStates {
+	if len(c.m) >= maxStates {
+		if _, known := c.m[id]; !known {
+			c.m = nil // full: start again rather than grow
+		}
+	}
+	if c.m == nil {
 		c.m = make(map[string]offerState)
 	}
 	c.m[id] = st
@@ -952,20 +957,20 @@ func (f DoneFunc) Complete(r UpdateResult) { f(r) }
 // that fails to find it gets done's answer at once, on the caller's
 // goroutine.
 func (s *Store) SubmitUpdate(u OfferUpdate, done Completer) {
-	m, ok := s.cachedMarket(u.ID)
+	loc, ok := s.cachedLoc(u.ID)
 	if !ok {
 		ctx, cancel := context.WithTimeout(context.Background(), locateTimeout)
 		var err error
-		m, err = s.OfferMarket(ctx, u.ID)
+		loc, err = s.locate(ctx, u.ID)
 		cancel()
 		if err != nil {
 			done.Complete(UpdateResult{Err: err})
 			return
 		}
 	}
-	b := &s.batchers[s.marketShard(m)]
+	b := &s.batchers[loc.shard]
 	b.mu.Lock()
-	b.queue = append(b.queue, pendingUpdate{u, m, done})
+	b.queue = append(b.queue, pendingUpdate{u, loc.m, done})
 	if b.running {
 		b.mu.Unlock()
 		return

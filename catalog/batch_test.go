@@ -385,7 +385,7 @@ func TestBatchesFailFastWhenRedisHangs(t *testing.T) {
 	m := market.MarketKey{Class: "gpu.h100-80g", Region: "cn-east"}
 	const n = 2000
 	for i := 0; i < n; i++ {
-		s.locs.Store(fmt.Sprintf("o%d", i), m) // known offers: no lookup in Redis
+		s.locs.Store(fmt.Sprintf("o%d", i), &offerLoc{m: m, shard: s.marketShard(m)}) // known offers: no lookup in Redis
 	}
 	results := make(chan UpdateResult, n)
 	for i := 0; i < n; i++ {

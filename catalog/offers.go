@@ -239,29 +239,53 @@ func offerScriptError(id, op string, err error) error {
 
 // OfferMarket returns the market an offer is listed in, or not_found.
 func (s *Store) OfferMarket(ctx context.Context, id string) (market.MarketKey, error) {
-	if m, ok := s.cachedMarket(id); ok {
-		return m, nil
+	l, err := s.locate(ctx, id)
+	if err != nil {
+		return market.MarketKey{}, err
+	}
+	return l.m, nil
+}
+
+// locate returns where offer id is, from the cache or else from Redis.
+func (s *Store) locate(ctx context.Context, id string) (*offerLoc, error) {
+	if l, ok := s.cachedLoc(id); ok {
+		return l, nil
 	}
 	loc, err := s.rdb.HGet(ctx, offerLocKey, id).Result()
 	if errors.Is(err, redis.Nil) {
-		return market.MarketKey{}, market.Errorf(market.CodeNotFound, "offer %s not found", id)
+		return nil, market.Errorf(market.CodeNotFound, "offer %s not found", id)
 	}
 	if err != nil {
-		return market.MarketKey{}, unavailable("locate offer", err)
+		return nil, unavailable("locate offer", err)
 	}
 	class, region, ok := strings.Cut(loc, ":")
 	if !ok {
-		return market.MarketKey{}, fmt.Errorf("catalog: bad location %q of offer %s", loc, id)
+		return nil, fmt.Errorf("catalog: bad location %q of offer %s", loc, id)
 	}
 	m := market.MarketKey{Class: class, Region: region}
-	s.locs.Store(id, m)
-	return m, nil
+	l := &offerLoc{m: m, shard: s.marketShard(m)}
+	s.locs.Store(id, l)
+	return l, nil
+}
+
+// offerLoc is where an offer is: its market, and the market's batch shard.
+type offerLoc struct {
+	m     market.MarketKey
+	shard int
+}
+
+// cachedLoc is where offer id is when this Store knows it.
+func (s *Store) cachedLoc(id string) (*offerLoc, bool) {
+	if v, ok := s.locs.Load(id); ok {
+		return v.(*offerLoc), true
+	}
+	return nil, false
 }
 
 // cachedMarket is the market of offer id when this Store knows it.
 func (s *Store) cachedMarket(id string) (market.MarketKey, bool) {
-	if m, ok := s.locs.Load(id); ok {
-		return m.(market.MarketKey), true
+	if l, ok := s.cachedLoc(id); ok {
+		return l.m, true
 	}
 	return market.MarketKey{}, false
 }
