@@ -495,7 +495,9 @@ func (s *Store) slotGroup(m market.MarketKey) int {
 // as one entry (kind "P") when the offer has no checked update in it: the
 // script then compares and writes its state once instead of once an
 // update, and its delta and tick lines go as one argument each. Under load
-// a busy offer has several updates in each batch.
+// a busy offer has several updates in each batch. When every update of a
+// market is predicted, the market goes in form "f" (fastForm), one entry
+// per offer as well.
 func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.MarketKey, counts, idx []int) (c scriptCall, pred []*offerState, order, sizes []int) {
 	keys := make([]string, 0, 4*len(markets))
 	args := make([]any, 0, 2+3*len(markets)+8*len(idx))
@@ -516,9 +518,8 @@ func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.Mar
 	var batch map[string]*offerState
 	// plans: a market's updates before they become entries; per offer, how
 	// many are predicted and whether one goes checked.
-	type plan = updatePlan
 	type offerPlan struct{ predicted, checked, last int }
-	var plans []plan
+	var plans []updatePlan
 	offers := map[string]*offerPlan{}
 	var buf []byte
 	lastMs, lastNow := int64(-1), ""
@@ -605,7 +606,7 @@ func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.Mar
 					buf = b
 				}
 				op.predicted++
-				plans = append(plans, plan{k: k, next: -1, head: head, expected: expected, delta: delta, tick: tick})
+				plans = append(plans, updatePlan{k: k, next: -1, head: head, expected: expected, delta: delta, tick: tick})
 				continue
 			}
 			batch[u.ID] = nil
@@ -622,7 +623,7 @@ func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.Mar
 				full = "1"
 			}
 			keys = append(keys, offerPrefix+u.ID)
-			plans = append(plans, plan{k: k, next: -1, head: head, entry: []any{"s", u.ID, u.ProviderID, price, score, units, full, now}})
+			plans = append(plans, updatePlan{k: k, next: -1, head: head, entry: []any{"s", u.ID, u.ProviderID, price, score, units, full, now}})
 			checked = true
 		}
 		if !s.entriesOnly && !checked {

@@ -282,14 +282,6 @@ func (s *Store) cachedLoc(id string) (*offerLoc, bool) {
 	return nil, false
 }
 
-// cachedMarket is the market of offer id when this Store knows it.
-func (s *Store) cachedMarket(id string) (market.MarketKey, bool) {
-	if l, ok := s.cachedLoc(id); ok {
-		return l.m, true
-	}
-	return market.MarketKey{}, false
-}
-
 // Offer returns an offer in any status, or not_found.
 func (s *Store) Offer(ctx context.Context, id string) (market.Offer, error) {
 	m, err := s.OfferMarket(ctx, id)
