@@ -293,41 +293,52 @@ func TestDecodeTicksRejectsMalformed(t *testing.T) {
 }
 
 // BenchmarkUpdateOffers: batches of price changes over 256 offers in 32
-// markets, as the provider streams send them; ns/op is per update.
+// markets, as the provider streams send them; ns/op is per update. After
+// the first round all are predicted; "-entries" sends every market entry
+// by entry (form "e") instead of in columns (form "f").
 func BenchmarkUpdateOffers(b *testing.B) {
 	for _, size := range []int{1, 16, 256} {
-		b.Run(fmt.Sprintf("batch%d", size), func(b *testing.B) {
-			opt, err := redis.ParseURL(testsvc.Redis(b))
-			if err != nil {
-				b.Fatal(err)
+		for _, entries := range []bool{false, true} {
+			name := fmt.Sprintf("batch%d", size)
+			if entries {
+				name += "-entries"
 			}
-			rdb := redis.NewClient(opt)
-			defer rdb.Close()
-			s := New(rdb)
-			ctx := context.Background()
-			const offers = 256
-			for i := 0; i < offers; i++ {
-				m := market.MarketKey{Class: fmt.Sprintf("gpu.c%d", i%8), Region: fmt.Sprintf("r%d", i/8%4)}
-				if _, err := s.CreateOffer(ctx, NewOffer{ID: fmt.Sprintf("o%d", i), ProviderID: "p", Market: m, Units: 8,
-					Price: decimal.New(int64(1000+i), -2), MaxHours: 720, Listed: true, Now: time.Now()}); err != nil {
-					b.Fatal(err)
-				}
+			b.Run(name, func(b *testing.B) { benchUpdateOffers(b, size, entries) })
+		}
+	}
+}
+
+func benchUpdateOffers(b *testing.B, size int, entries bool) {
+	opt, err := redis.ParseURL(testsvc.Redis(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	rdb := redis.NewClient(opt)
+	defer rdb.Close()
+	s := New(rdb)
+	s.entriesOnly = entries
+	ctx := context.Background()
+	const offers = 256
+	for i := 0; i < offers; i++ {
+		m := market.MarketKey{Class: fmt.Sprintf("gpu.c%d", i%8), Region: fmt.Sprintf("r%d", i/8%4)}
+		if _, err := s.CreateOffer(ctx, NewOffer{ID: fmt.Sprintf("o%d", i), ProviderID: "p", Market: m, Units: 8,
+			Price: decimal.New(int64(1000+i), -2), MaxHours: 720, Listed: true, Now: time.Now()}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	us := make([]OfferUpdate, size)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for n := 0; n < b.N; n += size {
+		for k := range us {
+			p := decimal.New(int64(1000+(n+k)%997), -2)
+			us[k] = OfferUpdate{ID: fmt.Sprintf("o%d", (n+k)%offers), ProviderID: "p", Price: &p, Now: time.Now()}
+		}
+		for _, r := range s.UpdateOffers(ctx, us) {
+			if r.Err != nil {
+				b.Fatal(r.Err)
 			}
-			us := make([]OfferUpdate, size)
-			b.ReportAllocs()
-			b.ResetTimer()
-			for n := 0; n < b.N; n += size {
-				for k := range us {
-					p := decimal.New(int64(1000+(n+k)%997), -2)
-					us[k] = OfferUpdate{ID: fmt.Sprintf("o%d", (n+k)%offers), ProviderID: "p", Price: &p, Now: time.Now()}
-				}
-				for _, r := range s.UpdateOffers(ctx, us) {
-					if r.Err != nil {
-						b.Fatal(r.Err)
-					}
-				}
-			}
-		})
+		}
 	}
 }
 
