@@ -261,7 +261,11 @@ func run(c config) (result, error) {
 		}
 	}
 	elapsed := time.Since(start)
-	time.Sleep(time.Second) // let the last frames arrive
+	// Let the last frames arrive: all of them, or whatever came in 5 s.
+	for deadline := time.Now().Add(5 * time.Second); got.Load() < frames && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	wall := time.Since(start)
 	u1, s1 := cpuSeconds()
 	close(stop)
 	for _, s := range subscribers {
@@ -282,6 +286,6 @@ func run(c config) (result, error) {
 		return result{}, fmt.Errorf("no frame arrived after the warm-up (%d frames sent, %d received)", frames, got.Load())
 	}
 	slices.Sort(all)
-	return result{frames: frames, received: got.Load(), writes: writes, elapsed: elapsed, wall: elapsed + time.Second,
+	return result{frames: frames, received: got.Load(), writes: writes, elapsed: elapsed, wall: wall,
 		latency: all, user: u1 - u0, sys: s1 - s0}, nil
 }
