@@ -516,12 +516,15 @@ func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.Mar
 	// batch: an offer's state after its earlier updates in this batch (nil:
 	// unknown, after an update that goes checked).
 	var batch map[string]*offerState
-	// plans: a market's updates before they become entries; per offer, how
-	// many are predicted and whether one goes checked.
+	// plans: a market's updates before they become entries; per offer
+	// (offers: its index in ops), how many are predicted and whether one
+	// goes checked.
 	type offerPlan struct{ predicted, checked, last int }
 	var plans []updatePlan
-	offers := map[string]*offerPlan{}
-	var buf []byte
+	var ops []offerPlan
+	offers := map[string]int{}
+	// lines: the predictions' delta and tick lines (updatePlan.lines)
+	var buf, lines []byte
 	lastMs, lastNow := int64(-1), ""
 	args = append(args, len(markets), changeStreamMaxLen)
 	for _, m := range markets {
@@ -532,7 +535,7 @@ func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.Mar
 		args = append(args, m.Class, m.Region, 0, "e")
 		nEntries := len(args) - 2
 		offerPrefix := OfferKey(m, "")
-		plans = plans[:0]
+		plans, ops = plans[:0], ops[:0]
 		clear(offers)
 		checked := false // some update of the market goes checked
 		for end := k + counts[j]; k < end; k++ {
@@ -545,28 +548,31 @@ func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.Mar
 				lastMs, lastNow = msNow, strconv.FormatInt(msNow, 10)
 			}
 			now := lastNow
-			op := offers[u.ID]
-			head := op == nil
+			oi, known := offers[u.ID]
+			head := !known
 			if head {
-				op = &offerPlan{last: -1}
-				offers[u.ID] = op
+				oi = len(ops)
+				ops = append(ops, offerPlan{last: -1})
+				offers[u.ID] = oi
 			}
+			op := &ops[oi]
 			if op.last >= 0 {
 				plans[op.last].next = len(plans)
 			}
 			op.last = len(plans)
+			// st: the offer's state before, as the batch has left it or
+			// as cached (then copied into states)
 			var st *offerState
-			var known offerState
 			if b, ok := batch[u.ID]; ok {
 				st = b
 			} else if !s.checkedOnly {
 				c := s.states(u.ID)
 				c.mu.Lock()
-				known, ok = c.m[u.ID]
-				c.mu.Unlock()
-				if ok {
-					st = &known
+				if cached, ok := c.m[u.ID]; ok {
+					states = append(states, cached)
+					st = &states[len(states)-1]
 				}
+				c.mu.Unlock()
 			}
 			if batch == nil {
 				batch = make(map[string]*offerState)
@@ -575,21 +581,17 @@ func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.Mar
 				// expected points at the stored state before: the one
 				// cached, or the previous prediction's.
 				expected := st
-				if st == &known {
-					states = append(states, known)
-					expected = &states[len(states)-1]
-				}
 				states = append(states, *st)
 				next := &states[len(states)-1]
 				next.version++
 				buf = next.reprice(buf, ticks[idx[k]], now)
 				pred[k], batch[u.ID] = next, next
-				var delta, tick string
+				from, mid := len(lines), len(lines)
 				if st.listed {
-					// Both lines in one string: id, version, price, units,
-					// free, price_at, updated_at; id, provider, version,
-					// price, free, ts.
-					b := append(append(buf[:0], u.ID...), '\t')
+					// The delta line: id, version, price, units, free,
+					// price_at, updated_at; the tick line: id, provider,
+					// version, price, free, ts.
+					b := append(append(lines, u.ID...), '\t')
 					b = append(strconv.AppendInt(b, next.version, 10), '\t')
 					b = append(append(b, next.price...), '\t')
 					b = append(strconv.AppendInt(b, next.units, 10), '\t')
@@ -601,12 +603,10 @@ func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.Mar
 					b = append(append(b, next.price...), '\t')
 					b = append(strconv.AppendInt(b, next.free, 10), '\t')
 					b = append(b, now...)
-					lines := string(b)
-					delta, tick = lines[:d], lines[d:]
-					buf = b
+					lines, mid = b, d
 				}
 				op.predicted++
-				plans = append(plans, updatePlan{k: k, next: -1, head: head, expected: expected, delta: delta, tick: tick})
+				plans = append(plans, updatePlan{k: k, next: -1, head: head, expected: expected, lines: [3]int{from, mid, len(lines)}})
 				continue
 			}
 			batch[u.ID] = nil
@@ -630,7 +630,7 @@ func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.Mar
 			// Every update of the market is predicted: form "f".
 			args[nEntries+1] = "f"
 			var n int
-			args, order, sizes, buf, n = fastForm(args, plans, us, idx, pred, order, sizes, buf, m, str)
+			args, order, sizes, buf, n = fastForm(args, plans, lines, us, idx, pred, order, sizes, buf, m, str)
 			args[nEntries] = n
 			continue
 		}
@@ -640,13 +640,15 @@ func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.Mar
 		for n, p := range plans {
 			u := &us[idx[p.k]]
 			entries++
-			switch op := offers[u.ID]; {
+			switch op := &ops[offers[u.ID]]; {
 			case p.entry != nil:
 				args = append(args, p.entry...)
 				order, sizes = append(order, p.k), append(sizes, 1)
 			case op.predicted == 1 || op.checked > 0:
 				next := pred[p.k]
-				args = append(args, "p", &u.ID, &p.expected.packed, &next.packed, &next.score, str(p.delta), str(p.tick))
+				both := string(lines[p.lines[0]:p.lines[2]])
+				d := p.lines[1] - p.lines[0]
+				args = append(args, "p", &u.ID, &p.expected.packed, &next.packed, &next.score, str(both[:d]), str(both[d:]))
 				order, sizes = append(order, p.k), append(sizes, 1)
 			case op.predicted > 0: // the first of several: one entry for all
 				// Their delta lines, then their tick lines, each set
@@ -654,18 +656,18 @@ func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.Mar
 				first := len(order)
 				b := buf[:0]
 				for q := n; q >= 0; q = plans[q].next {
-					if len(order) > first && p.delta != "" {
+					if len(order) > first && p.listed() {
 						b = append(b, '\n')
 					}
-					b = append(b, plans[q].delta...)
+					b = append(b, plans[q].delta(lines)...)
 					order = append(order, plans[q].k)
 				}
 				d := len(b)
 				for q := n; q >= 0; q = plans[q].next {
-					if q != n && p.tick != "" {
+					if q != n && p.listed() {
 						b = append(b, '\n')
 					}
-					b = append(b, plans[q].tick...)
+					b = append(b, plans[q].tick(lines)...)
 				}
 				// What the checks need when the offer has changed: each
 				// change's price, score and time.
@@ -693,26 +695,33 @@ func (s *Store) updateCall(us []OfferUpdate, ticks []int64, markets []market.Mar
 // updatePlan is one update of a market on its way into the script's
 // arguments (updateCall).
 type updatePlan struct {
-	k           int
-	next        int         // the offer's next plan, -1: none
-	head        bool        // the offer's first plan
-	expected    *offerState // predicted: the state before
-	delta, tick string
-	entry       []any // checked: the entry
+	k        int
+	next     int         // the offer's next plan, -1: none
+	head     bool        // the offer's first plan
+	expected *offerState // predicted: the state before
+	// lines: where a prediction's delta line and tick line are in the
+	// call's lines, [lines[0]:lines[1]] and [lines[1]:lines[2]]; empty
+	// when the offer is not listed
+	lines [3]int
+	entry []any // checked: the entry
 }
+
+func (p *updatePlan) listed() bool              { return p.lines[2] > p.lines[0] }
+func (p *updatePlan) delta(lines []byte) []byte { return lines[p.lines[0]:p.lines[1]] }
+func (p *updatePlan) tick(lines []byte) []byte  { return lines[p.lines[1]:p.lines[2]] }
 
 // fastForm appends to args the columns of form "f" for a market m whose
 // updates plans all go predicted, one entry per offer, and to order and
 // sizes the entries' updates as updateCall says; it returns them, buf for
 // reuse, and the number of entries. Strings that an argument points to
 // are kept by str.
-func fastForm(args []any, plans []updatePlan, us []OfferUpdate, idx []int, pred []*offerState, order, sizes []int, buf []byte,
+func fastForm(args []any, plans []updatePlan, lines []byte, us []OfferUpdate, idx []int, pred []*offerState, order, sizes []int, buf []byte,
 	m market.MarketKey, str func(string) *string) ([]any, []int, []int, []byte, int) {
 	entries, listed := 0, 0
 	for _, p := range plans {
 		if p.head {
 			entries++
-			if p.delta != "" {
+			if p.listed() {
 				listed++
 			}
 		}
@@ -741,7 +750,7 @@ func fastForm(args []any, plans []updatePlan, us []OfferUpdate, idx []int, pred 
 		}
 	}
 	for n, p := range plans {
-		if p.head && p.delta != "" {
+		if p.head && p.listed() {
 			args = append(args, &last(n).score, &us[idx[p.k]].ID)
 		}
 	}
@@ -767,27 +776,27 @@ func fastForm(args []any, plans []updatePlan, us []OfferUpdate, idx []int, pred 
 		ends = append(ends, len(b))
 	}
 	for n, p := range plans {
-		if p.head && p.delta != "" {
+		if p.head && p.listed() {
 			for q := n; q >= 0; q = plans[q].next {
 				if len(b) > ends[len(ends)-1] {
 					b = append(b, '\n')
 				}
-				b = append(b, plans[q].delta...)
+				b = append(b, plans[q].delta(lines)...)
 			}
 		}
 	}
 	ends = append(ends, len(b))
 	if listed > 0 {
 		b = append(append(append(append(b, m.Class...), '\t'), m.Region...), '\n')
-		lines := 0
+		written := 0
 		for n, p := range plans {
-			if p.head && p.delta != "" {
+			if p.head && p.listed() {
 				for q := n; q >= 0; q = plans[q].next {
-					if lines > 0 {
+					if written > 0 {
 						b = append(b, '\n')
 					}
-					b = append(b, plans[q].tick...)
-					lines++
+					b = append(b, plans[q].tick(lines)...)
+					written++
 				}
 			}
 		}
