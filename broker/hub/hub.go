@@ -246,17 +246,22 @@ func (h *Hub) Publish(u Update) error {
 	if h.isClosed.Load() {
 		return ErrClosed
 	}
+	if err := validate(u); err != nil {
+		return err
+	}
+	h.published.Add(1)
+	c, r := u.Market.Class, u.Market.Region
+	keys := [4]Filter{{c, r}, {c, ""}, {"", r}, {"", ""}}
+	// Encoded only when some filter takes the market (a subscriber that
+	// joins meanwhile takes its snapshot after joining).
+	groups := h.groups.Load()
+	if (*groups)[keys[0]] == nil && (*groups)[keys[1]] == nil && (*groups)[keys[2]] == nil && (*groups)[keys[3]] == nil {
+		return nil
+	}
 	f, err := encode(u, h.opts.Now)
 	if err != nil {
 		return err
 	}
-	h.published.Add(1)
-	groups := h.groups.Load()
-	if len(*groups) == 0 {
-		return nil
-	}
-	c, r := u.Market.Class, u.Market.Region
-	keys := [4]Filter{{c, r}, {c, ""}, {"", r}, {"", ""}}
 
 	mu := &h.pubMu[maphash.String(h.seed, c+"\x00"+r)%pubStripes]
 	mu.Lock()

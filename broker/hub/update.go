@@ -128,10 +128,27 @@ var prefix = [...]string{
 
 const snapshotPrefix = `{"type":"snapshot","seq":`
 
+// validate returns the invalid_argument error encode would for u.
+func validate(u Update) error {
+	if u.Market.Class == "" || u.Market.Region == "" {
+		return market.Invalid("hub: %s update without a market", u.Kind)
+	}
+	switch u.Kind {
+	case KindTick, KindRemove:
+		if u.OfferID == "" {
+			return market.Invalid("hub: %s without an offer id", u.Kind)
+		}
+	case KindTrade:
+	default:
+		return market.Invalid("hub: unknown update kind %d", u.Kind)
+	}
+	return nil
+}
+
 // encode validates u and encodes everything of its message but the seq.
 func encode(u Update, now func() time.Time) (*frame, error) {
-	if u.Market.Class == "" || u.Market.Region == "" {
-		return nil, market.Invalid("hub: %s update without a market", u.Kind)
+	if err := validate(u); err != nil {
+		return nil, err
 	}
 	ts := u.TS
 	if ts.IsZero() && u.Kind != KindRemove {
@@ -141,9 +158,6 @@ func encode(u Update, now func() time.Time) (*frame, error) {
 	b := f.room[:0]
 	switch u.Kind {
 	case KindTick:
-		if u.OfferID == "" {
-			return nil, market.Invalid("hub: tick without an offer id")
-		}
 		b = append(b, `,"offer_id":`...)
 		b = AppendJSONString(b, u.OfferID)
 		b = append(b, `,"price":"`...)
@@ -155,9 +169,6 @@ func encode(u Update, now func() time.Time) (*frame, error) {
 		b = append(b, `,"version":`...)
 		b = strconv.AppendInt(b, u.Version, 10)
 	case KindRemove:
-		if u.OfferID == "" {
-			return nil, market.Invalid("hub: remove without an offer id")
-		}
 		b = append(b, `,"offer_id":`...)
 		b = AppendJSONString(b, u.OfferID)
 		b = append(b, `,"version":`...)
@@ -176,8 +187,6 @@ func encode(u Update, now func() time.Time) (*frame, error) {
 		b = strconv.AppendInt(b, u.Hours, 10)
 		b = append(b, `,"ts":`...)
 		b = appendTime(b, ts)
-	default:
-		return nil, market.Invalid("hub: unknown update kind %d", u.Kind)
 	}
 	f.body = append(b, '}')
 	return f, nil
