@@ -36,7 +36,7 @@ func TestReserveNeverOverbooks(t *testing.T) {
 	if _, err := s.CreateOffer(ctx, NewOffer{ID: "off", ProviderID: "prv", Market: m, Units: 100, Price: price, MaxHours: 100, Listed: true, Now: now}); err != nil {
 		t.Fatal(err)
 	}
-	var leased, reservations atomic.Int64
+	var leased, reservations, refused atomic.Int64
 	var wg sync.WaitGroup
 	for g := 0; g < 8; g++ {
 		wg.Add(1)
@@ -54,6 +54,7 @@ func TestReserveNeverOverbooks(t *testing.T) {
 				for attempt := 0; attempt < 2; attempt++ { // the second is a retry of the same order
 					res, err := s.Reserve(ctx, r)
 					if market.IsCode(err, market.CodeConflict) {
+						refused.Add(1)
 						break
 					}
 					if err != nil {
@@ -96,7 +97,10 @@ func TestReserveNeverOverbooks(t *testing.T) {
 	if n != reservations.Load()+1 {
 		t.Fatalf("trade stream holds %d entries, want %d reservations + 1 tick", n, reservations.Load())
 	}
-	if o.UnitsFree > 9 {
-		t.Fatalf("%d units still free: the run never reached the limit", o.UnitsFree)
+	// About 1,200 units asked of at most 150: some reservations must have
+	// been refused. (Units free at the end say nothing: the provider may
+	// list 10 more after the last reservation.)
+	if refused.Load() == 0 {
+		t.Fatalf("no reservation refused (%d units free at the end): the run never reached the limit", o.UnitsFree)
 	}
 }
