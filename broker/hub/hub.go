@@ -258,10 +258,7 @@ func (h *Hub) Publish(u Update) error {
 	if (*groups)[keys[0]] == nil && (*groups)[keys[1]] == nil && (*groups)[keys[2]] == nil && (*groups)[keys[3]] == nil {
 		return nil
 	}
-	f, err := encode(u, h.opts.Now)
-	if err != nil {
-		return err
-	}
+	f := encode(u, h.opts.Now)
 
 	mu := &h.pubMu[maphash.String(h.seed, c+"\x00"+r)%pubStripes]
 	mu.Lock()

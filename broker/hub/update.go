@@ -145,11 +145,9 @@ func validate(u Update) error {
 	return nil
 }
 
-// encode validates u and encodes everything of its message but the seq.
-func encode(u Update, now func() time.Time) (*frame, error) {
-	if err := validate(u); err != nil {
-		return nil, err
-	}
+// encode encodes everything of u's message but the seq; u has passed
+// validate.
+func encode(u Update, now func() time.Time) *frame {
 	ts := u.TS
 	if ts.IsZero() && u.Kind != KindRemove {
 		ts = now()
@@ -189,7 +187,7 @@ func encode(u Update, now func() time.Time) (*frame, error) {
 		b = appendTime(b, ts)
 	}
 	f.body = append(b, '}')
-	return f, nil
+	return f
 }
 
 // OfferEncoder appends the JSON object of one offer of a snapshot to dst.
