@@ -53,8 +53,8 @@ func (s *Service) request(ctx context.Context, sme market.Account, job market.Jo
 		for _, f := range funds {
 			req.Grants = append(req.Grants, voucher.Grant{Voucher: f.Voucher, Program: f.Program, Available: f.Available, CapLeft: f.CapLeft, BudgetLeft: f.BudgetLeft})
 		}
-		req.Terms = voucher.TermsOf(req.Grants)
 	}
+	req.Compile()
 	return req, nil
 }
 

@@ -173,7 +173,7 @@ func newBenchWorld(b testing.TB, nOffers, nJobs int) *benchWorld {
 				Program: p, Available: decimal.New(int64(rng.Intn(5_000_000)), -2), CapLeft: d("1500000"), BudgetLeft: d("80000000"),
 			})
 		}
-		req.Terms = voucher.TermsOf(req.Grants) // as the broker builds requests
+		req.Compile() // as the broker builds requests
 		w.jobs = append(w.jobs, req)
 		w.limits = append(w.limits, []int{1, 1, 1, 1, 1, 1, 1, 5, 5, 5}[rng.Intn(10)])
 	}

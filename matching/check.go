@@ -67,7 +67,11 @@ func (q *query) reset(req *Request) {
 	if q.class == "" {
 		q.class = req.Class.ID
 	}
-	if req.Job.MaxPrice.IsPositive() {
+	if req.compiled {
+		if req.maxTicks >= 0 {
+			q.maxTicks = req.maxTicks
+		}
+	} else if req.Job.MaxPrice.IsPositive() {
 		if t, _, clamped := voucher.FloorScaled(req.Job.MaxPrice, market.PriceScale); !clamped {
 			q.maxTicks = t
 		}

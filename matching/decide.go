@@ -171,7 +171,8 @@ type Scratch struct {
 
 // load reads, one after the other, the first word of each part of req
 // that a decision reads and that lies apart from the Request: its regions,
-// its max price, its grants' terms, the SME's related-party keys; then a
+// its grants' terms and, unless req is compiled, its max price and the
+// SME's related-party keys; then a
 // field in each cache line of the Request that the decision reads (the
 // class, the SME's id and startup flag, the time, the rules). None of
 // these loads waits for another, so when the request is not in cache
@@ -185,16 +186,18 @@ func (s *Scratch) load(req *Request) {
 	}
 	if len(req.Terms) > 0 && req.Job.UseVouchers {
 		x += voucher.Touch(req.Terms)
-		for _, k := range req.SME.RelatedPartyKeys {
-			if len(k) > 0 {
-				x += uint64(k[0])
+		if !req.compiled {
+			for _, k := range req.SME.RelatedPartyKeys {
+				if len(k) > 0 {
+					x += uint64(k[0])
+				}
 			}
 		}
 	}
 	if len(j.Certifications) > 0 {
 		x += uint64(len(j.Certifications[0]))
 	}
-	if j.MaxPrice.Sign() != 0 {
+	if !req.compiled && j.MaxPrice.Sign() != 0 {
 		x += uint64(j.MaxPrice.CoefficientInt64())
 	}
 	x += uint64(len(req.Class.ID)) + uint64(len(req.SME.ID)) + uint64(req.Now.Nanosecond())
@@ -393,6 +396,9 @@ func (s *Scratch) prepare(req *Request, limit int) bool {
 			return false
 		}
 		s.vouchers = len(s.prep.Grants()) > 0
+		if req.compiled {
+			s.prep.SetSMESig(req.smeSig)
+		}
 	}
 	return true
 }

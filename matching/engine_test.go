@@ -56,6 +56,15 @@ func TestDecideEqualsRank(t *testing.T) {
 					t.Fatalf("%s: Pick(%d) = %+v", label, i, p)
 				}
 			}
+			// The same request compiled, as the broker builds it.
+			creq := req
+			creq.Compile()
+			Decide(&creq, snaps, limit, s)
+			cres := s.Result()
+			sameMatches(t, label+" compiled", cres.Matches, want.Matches)
+			if cres.Considered != got.Considered || !reflect.DeepEqual(cres.Rejected, got.Rejected) {
+				t.Fatalf("%s compiled: considered %d rejected %v, want %d %v", label, cres.Considered, cres.Rejected, got.Considered, got.Rejected)
+			}
 			cases++
 			if len(want.Matches) == 0 {
 				noMatch++

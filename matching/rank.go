@@ -32,6 +32,33 @@ type Request struct {
 	// Reference is the market reference price of an offer for the voucher
 	// guard; nil, or a zero answer, means the offer's list price.
 	Reference func(market.Offer) decimal.Decimal
+	// Set by Compile: the job's max price in ticks (-1: no limit) and the
+	// SME's related-party key signature (voucher.KeysSig).
+	compiled bool
+	maxTicks int64
+	smeSig   uint64
+}
+
+// Compile gives r the integer forms that Decide otherwise takes from its
+// decimals and strings at every decision: the grants' Terms (when the job
+// uses vouchers and r has none), the job's max price in ticks and the
+// SME's related-party key signature. A request's builder calls it once r
+// is complete; r must not change after. The broker compiles each request
+// it builds: a resting job, decided again at each book change that may
+// fill it, converts nothing again, and a new job's max price is read as
+// ticks instead of through its decimal's big.Int.
+func (r *Request) Compile() {
+	if r.Job.UseVouchers && len(r.Grants) > 0 && len(r.Terms) != len(r.Grants) {
+		r.Terms = voucher.TermsOf(r.Grants)
+	}
+	r.maxTicks = -1
+	if r.Job.MaxPrice.IsPositive() {
+		if t, _, clamped := voucher.FloorScaled(r.Job.MaxPrice, market.PriceScale); !clamped {
+			r.maxTicks = t
+		}
+	}
+	r.smeSig = voucher.KeysSig(r.SME.RelatedPartyKeys)
+	r.compiled = true
 }
 
 // Match is an eligible offer priced for the job.

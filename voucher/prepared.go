@@ -196,6 +196,11 @@ func KeysSig(keys []string) uint64 {
 	return sig
 }
 
+// SetSMESig gives p the SME's KeysSig, taken once by the request's
+// builder, after a Prepare or PrepareTerms (which clear it): p then need
+// not hash the SME's keys when it first meets a provider with keys.
+func (p *Prepared) SetSMESig(sig uint64) { p.smeSig = sig }
+
 // related reports whether the SME and the target's provider share a
 // related-party key.
 func (p *Prepared) related(t *Target) bool {
