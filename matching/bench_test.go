@@ -297,6 +297,54 @@ func BenchmarkDecideWarm(b *testing.B) {
 	b.ReportMetric(float64(b.N)/busy.Seconds(), "decisions/s")
 }
 
+// BenchmarkDecideCompiled measures what Request.Compile saves: it
+// alternates segments of 16,384 decisions over the benchmark's requests
+// as built (compiled) and over uncompiled copies of them, and reports
+// each side's rate and their ratio. Alternating within one process keeps
+// the host's drift, which moves a whole run by ±25% from one minute to
+// the next, out of the ratio.
+func BenchmarkDecideCompiled(b *testing.B) {
+	w := benchWorldOnce(b)
+	e := w.engine
+	s := NewScratch()
+	raw := make([]Request, len(w.jobs))
+	for i := range w.jobs {
+		raw[i] = w.jobs[i]
+		raw[i].compiled = false
+	}
+	for i := range w.jobs {
+		e.Decide(&w.jobs[i], w.limits[i], s)
+		e.Decide(&raw[i], w.limits[i], s)
+	}
+	runtime.GC()
+	b.ReportAllocs()
+	b.ResetTimer()
+	const segment = 16_384
+	var took [2]time.Duration
+	var n [2]int
+	for i := 0; i < b.N; {
+		side, jobs := (i/segment)&1, raw
+		if side == 1 {
+			jobs = w.jobs
+		}
+		t := time.Now()
+		j := 0
+		for ; j < segment && i < b.N; j, i = j+1, i+1 {
+			k := i & (len(w.jobs) - 1)
+			e.Decide(&jobs[k], w.limits[k], s)
+		}
+		took[side] += time.Since(t)
+		n[side] += j
+	}
+	b.StopTimer()
+	if n[1] == 0 {
+		return
+	}
+	b.ReportMetric(float64(n[1])/took[1].Seconds(), "decisions/s")
+	b.ReportMetric(float64(n[0])/took[0].Seconds(), "raw-decisions/s")
+	b.ReportMetric((took[0].Seconds()/float64(n[0]))/(took[1].Seconds()/float64(n[1])), "x-vs-raw")
+}
+
 // BenchmarkDecideBruteForce: the same decisions with the bound off (every
 // offer of the job's markets checked and priced, same integer code).
 func BenchmarkDecideBruteForce(b *testing.B) {

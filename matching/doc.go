@@ -16,7 +16,9 @@
 // integer pricing (voucher.Prepared), a scan cheapest first across the
 // job's markets that stops at a proven lower bound, the rejection reasons
 // taken by the chain only when asked for, and no allocation once its
-// Scratch is warm. The property tests hold Decide to Rank's answer on
+// Scratch is warm. A request's builder calls Request.Compile once: the
+// grants' terms, the max price in ticks and the SME's key signature are
+// then taken from integers at every decision of it. The property tests hold Decide to Rank's answer on
 // thousands of random books and jobs, and DecideSplit to a brute-force
 // enumeration.
 //
