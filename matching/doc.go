@@ -18,9 +18,9 @@
 // taken by the chain only when asked for, and no allocation once its
 // Scratch is warm. A request's builder calls Request.Compile once: the
 // grants' terms, the max price in ticks and the SME's key signature are
-// then taken from integers at every decision of it. The property tests hold Decide to Rank's answer on
-// thousands of random books and jobs, and DecideSplit to a brute-force
-// enumeration.
+// then read as integers at every decision of it. The property tests hold
+// Decide to Rank's answer on thousands of random books and jobs, raw and
+// compiled, and DecideSplit to a brute-force enumeration.
 //
 // Concurrency: a Book has one writer. An Engine runs one goroutine per
 // market that owns the market's Book, drains a bounded queue of events

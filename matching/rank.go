@@ -41,12 +41,12 @@ type Request struct {
 
 // Compile gives r the integer forms that Decide otherwise takes from its
 // decimals and strings at every decision: the grants' Terms (when the job
-// uses vouchers and r has none), the job's max price in ticks and the
+// uses vouchers and r lacks them), the job's max price in ticks and the
 // SME's related-party key signature. A request's builder calls it once r
-// is complete; r must not change after. The broker compiles each request
-// it builds: a resting job, decided again at each book change that may
-// fill it, converts nothing again, and a new job's max price is read as
-// ticks instead of through its decimal's big.Int.
+// is complete; r's job, SME and grants must not change after. The broker
+// compiles each request it builds: a resting job, decided again at each
+// book change that may fill it, converts nothing again, and a new job's
+// max price is read as ticks instead of through its decimal's big.Int.
 func (r *Request) Compile() {
 	if r.Job.UseVouchers && len(r.Grants) > 0 && len(r.Terms) != len(r.Grants) {
 		r.Terms = voucher.TermsOf(r.Grants)
