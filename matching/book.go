@@ -203,7 +203,7 @@ func (s *Snapshot) Candidates() []Candidate {
 	}
 	out := make([]Candidate, len(s.slots))
 	for i, sl := range s.slots {
-		out[i] = sl.it.Candidate
+		out[i] = sl.candidate()
 	}
 	return out
 }
@@ -297,7 +297,7 @@ func (b *Book) Upsert(offer market.Offer, provider market.Account) error {
 	}
 	// Share the book's strings: equal content, one copy, cheap compares.
 	offer.ResourceClass, offer.Region = b.key.Class, b.key.Region
-	sl := newSlot(&item{Candidate: Candidate{Offer: offer, Provider: p.acct}}, p, &b.key)
+	sl := newSlot(&item{Offer: offer}, p, &b.key)
 	if had {
 		b.sorted = moveSlot(b.sorted, old, sl)
 	} else {
@@ -334,7 +334,7 @@ func (b *Book) SetProvider(p market.Account, changed []slot) []slot {
 			continue
 		}
 		// The provider is not part of the book's order: the slot stays put.
-		sl := newSlot(&item{Candidate: Candidate{Offer: old.it.Offer, Provider: p}}, rec, &b.key)
+		sl := newSlot(old.it, rec, &b.key) // the offer is as it was: its item is shared
 		*old = sl
 		b.byID[sl.it.Offer.ID] = sl
 		changed = append(changed, sl)
@@ -349,7 +349,7 @@ func (b *Book) Offer(id string) (Candidate, bool) {
 	if !ok {
 		return Candidate{}, false
 	}
-	return sl.it.Candidate, true
+	return sl.candidate(), true
 }
 
 // Publish makes the changes since the last Publish visible to readers and

@@ -78,9 +78,11 @@ func (q *query) reset(req *Request) {
 	}
 }
 
-// item is the cold part of a book entry: the offer and provider as given.
+// item is the cold part of a book entry: the offer as given. Its provider
+// is the slot's record (slot.prov.acct), which every slot of the item
+// shares.
 type item struct {
-	Candidate
+	Offer market.Offer
 }
 
 // Slot flags.
@@ -212,9 +214,12 @@ func newSlot(it *item, prov *provider, mkt *market.MarketKey) slot {
 
 // candidateSlot builds a free-standing slot for a candidate (Rank's).
 func candidateSlot(c Candidate) slot {
-	it := &item{Candidate: c}
+	it := &item{Offer: c.Offer}
 	return newSlot(it, &provider{acct: c.Provider}, &market.MarketKey{Class: c.Offer.ResourceClass, Region: c.Offer.Region})
 }
+
+// candidate is the offer of s with its provider.
+func (s *slot) candidate() Candidate { return Candidate{Offer: s.it.Offer, Provider: s.prov.acct} }
 
 // checker is one feasibility rule: check returns ReasonNone when the
 // candidate passes, else why it is rejected.

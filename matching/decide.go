@@ -253,7 +253,7 @@ func (s *Scratch) Pick(i int) Pick {
 		return p
 	}
 	pk := &s.picks[i]
-	return Pick{Offer: &pk.s.it.Offer, Provider: &pk.s.it.Provider, PriceTicks: pk.s.ticks,
+	return Pick{Offer: &pk.s.it.Offer, Provider: &pk.s.prov.acct, PriceTicks: pk.s.ticks,
 		GrossCents: pk.gross, DiscountCents: pk.disc, NetCents: pk.net, Grant: pk.grant}
 }
 
@@ -296,7 +296,7 @@ func (s *Scratch) Result() Result {
 	for i := range s.picks {
 		pk := &s.picks[i]
 		it := pk.s.it
-		m := Match{Offer: it.Offer, Provider: it.Provider, UnitPrice: it.Offer.Price,
+		m := Match{Offer: it.Offer, Provider: pk.s.prov.acct, UnitPrice: it.Offer.Price,
 			Gross: decimal.New(pk.gross, -market.AmountScale), Net: decimal.New(pk.net, -market.AmountScale)}
 		if pk.grant >= 0 {
 			g := &s.req.Grants[pk.grant]
@@ -435,7 +435,7 @@ func Decide(req *Request, snaps []*Snapshot, limit int, s *Scratch) int {
 		s.cands = s.cands[:0]
 		for _, sn := range snaps {
 			for i := range sn.slots {
-				s.cands = append(s.cands, sn.slots[i].it.Candidate)
+				s.cands = append(s.cands, sn.slots[i].candidate())
 			}
 		}
 		res := Rank(*req, s.cands, limit)

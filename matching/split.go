@@ -317,7 +317,7 @@ func (ss *splitSearch) result() *Split {
 		if b.gross > 0 {
 			d = mulDiv(b.disc, g, b.gross)
 		}
-		p := Part{Offer: it.Offer, Provider: it.Provider, Units: b.units[i], UnitPrice: it.Offer.Price,
+		p := Part{Offer: it.Offer, Provider: sl.prov.acct, Units: b.units[i], UnitPrice: it.Offer.Price,
 			Gross: decimal.New(g-prevG, -market.AmountScale)}
 		if b.grant >= 0 {
 			p.Discount = decimal.New(d-prevD, -market.AmountScale)
