@@ -57,7 +57,11 @@ func NewLive(store LiveStore, markets []market.MarketKey, log *slog.Logger) *Liv
 	}
 	l := &Live{store: store, markets: markets, log: log, providers: map[string]market.Account{},
 		listeners: map[int]func(market.Trade){}, fills: make(chan matching.Fill, 4096)}
-	l.engine = matching.NewEngine(matching.Config{Markets: markets, QueueSize: 4096, OnFill: func(f matching.Fill) {
+	// 256 events per market: a queue's buffer is allocated whole (456
+	// bytes an event) and, once ingest has cycled through it, resident.
+	// The market's goroutine drains all it holds at each batch, so a
+	// longer queue only holds the follower back later.
+	l.engine = matching.NewEngine(matching.Config{Markets: markets, QueueSize: 256, OnFill: func(f matching.Fill) {
 		select {
 		case l.fills <- f:
 		default:
