@@ -125,7 +125,7 @@ func priceBrute(req Request, grants []voucher.Grant, region string, el []Candida
 }
 
 func TestDecideSplitEqualsBruteForce(t *testing.T) {
-	s := NewScratch()
+	s, cs := NewScratch(), NewScratch()
 	cases, found, multi, voucherd := 0, 0, 0, 0
 	for seed := int64(1); seed <= 300; seed++ {
 		w := newWorld(seed)
@@ -141,6 +141,13 @@ func TestDecideSplitEqualsBruteForce(t *testing.T) {
 			cases++
 			if (got == nil) != (want == nil) {
 				t.Fatalf("%s: split %v, brute force %v", label, got != nil, want != nil)
+			}
+			// The same request compiled, as the broker builds it.
+			creq := req
+			creq.Compile()
+			if c := DecideSplit(&creq, snaps, cs); (c == nil) != (got == nil) || c != nil &&
+				(!c.Net.Equal(got.Net) || c.VoucherID != got.VoucherID || len(c.Parts) != len(got.Parts) || c.Parts[0].Offer.ID != got.Parts[0].Offer.ID) {
+				t.Fatalf("%s: compiled, the split differs", label)
 			}
 			if got == nil {
 				continue
