@@ -79,8 +79,9 @@ func (q *query) reset(req *Request) {
 }
 
 // item is the cold part of a book entry: the offer as given. Its provider
-// is the slot's record (slot.prov.acct), which every slot of the item
-// shares.
+// is its slot's record (slot.prov.acct): SetProvider gives each offer of
+// the provider a new slot with the new record and the same item, so an
+// older snapshot's slot keeps the account it was published with.
 type item struct {
 	Offer market.Offer
 }
