@@ -317,7 +317,7 @@ func BenchmarkDecideCompiled(b *testing.B) {
 	raw := make([]Request, len(w.jobs))
 	for i := range w.jobs {
 		raw[i] = w.jobs[i]
-		raw[i].compiled = false
+		raw[i].compiled, raw[i].num = false, numbered{}
 	}
 	for i := range w.jobs {
 		e.Decide(&w.jobs[i], w.limits[i], s)

@@ -152,6 +152,11 @@ type Scratch struct {
 	cuts     []span  // offers skipped above the job's max price
 	fallback *Result // set when the request needs the decimal path
 	snaps    []*Snapshot
+	// byNum: the engine found the decision's markets by number (see
+	// mktNums), each of the job's class and in its regions, and rbits
+	// holds their regions' bits: the scan reads no name.
+	byNum    bool
+	rbits    []uint64
 	cands    []Candidate
 	curs     []cursor
 	unscoped uint64 // the grants scoped to no provider
@@ -181,11 +186,11 @@ type Scratch struct {
 func (s *Scratch) load(req *Request) {
 	j := &req.Job
 	var x uint64
-	if len(j.Regions) > 0 {
+	if len(j.Regions) > 0 && !req.num.ok {
 		x += uint64(len(j.Regions[0]))
 	}
 	if len(req.Terms) > 0 && req.Job.UseVouchers {
-		x += voucher.Touch(req.Terms)
+		x += voucher.Touch(req.Terms, !req.num.ok)
 		if !req.compiled {
 			for _, k := range req.SME.RelatedPartyKeys {
 				if len(k) > 0 {
@@ -210,7 +215,7 @@ func (s *Scratch) load(req *Request) {
 
 // release drops the references a pooled Scratch would otherwise keep alive.
 func (s *Scratch) release() {
-	s.req, s.fallback, s.q = nil, nil, query{}
+	s.req, s.fallback, s.q, s.byNum = nil, nil, query{}, false
 	clear(s.snaps)
 	clear(s.picks)
 	clear(s.cands)
@@ -431,6 +436,13 @@ func (s *Scratch) prepare(req *Request, limit int) bool {
 // whose programme rate has more than four decimal places, is decided on the
 // decimal path (Rank over the snapshots' offers), which allocates.
 func Decide(req *Request, snaps []*Snapshot, limit int, s *Scratch) int {
+	return decide(req, snaps, false, limit, s)
+}
+
+// decide is Decide; byNum says that the engine found snaps by number, with
+// their regions' bits in s.rbits (see Scratch.byNum).
+func decide(req *Request, snaps []*Snapshot, byNum bool, limit int, s *Scratch) int {
+	s.byNum = byNum && req.num.ok && len(s.rbits) == len(snaps)
 	if !s.prepare(req, limit) {
 		s.cands = s.cands[:0]
 		for _, sn := range snaps {
@@ -518,6 +530,26 @@ func (s *Scratch) regionMask(region string) uint64 {
 	return m
 }
 
+// regionMaskBit is regionMask of the region whose bit is b, from the
+// request's numbers.
+func (s *Scratch) regionMaskBit(b uint64) uint64 {
+	grants := s.prep.Grants()
+	if !s.vouchers || len(grants) > maxMasked {
+		return 0
+	}
+	scopes := s.req.num.terms
+	if scopes == nil {
+		return ^uint64(0) >> (64 - len(grants))
+	}
+	var m uint64
+	for i := range grants {
+		if scopes[grants[i].Index]&b != 0 {
+			m |= 1 << i
+		}
+	}
+	return m
+}
+
 // beyond reports whether sl, priced at ticks, and so every later slot of
 // the same list, can no longer enter the best limit, when the grants in
 // bound are the ones that can pay on it. It reads sl only when the net
@@ -573,11 +605,13 @@ func (s *Scratch) allBeyond(ticks int64) bool {
 // Decide describes.
 func (s *Scratch) scan(snaps []*Snapshot) {
 	s.curs = s.curs[:0]
-	for _, sn := range snaps {
+	for k, sn := range snaps {
 		if sn == nil || len(sn.hot) == 0 {
 			continue
 		}
-		s.q.judge(&sn.Market)
+		if !s.byNum {
+			s.q.judge(&sn.Market)
+		} // else of the job's class and in its regions (see Engine.numbered)
 		f, ok := s.q.filter(sn)
 		if !ok {
 			// No offer of the market passes: all examined, to the max price.
@@ -593,7 +627,12 @@ func (s *Scratch) scan(snaps []*Snapshot) {
 		}
 		s.curs = append(s.curs, cursor{}) // written in place (see price)
 		c := &s.curs[len(s.curs)-1]
-		c.sn, c.f, c.ticks, c.region = sn, f, sn.first, s.regionMask(sn.Market.Region)
+		c.sn, c.f, c.ticks = sn, f, sn.first
+		if s.byNum {
+			c.region = s.regionMaskBit(s.rbits[k])
+		} else {
+			c.region = s.regionMask(sn.Market.Region)
+		}
 	}
 	if len(s.curs) == 1 {
 		s.run(&s.curs[0], math.MaxInt64)

@@ -18,7 +18,11 @@
 // taken by the chain only when asked for, and no allocation once its
 // Scratch is warm. A request's builder calls Request.Compile once: the
 // grants' terms, the max price in ticks and the SME's key signature are
-// then read as integers at every decision of it. The property tests hold
+// then read as integers at every decision of it, and its class, regions
+// and the grants' region scopes as numbers that every engine of the
+// process gives the same names (mktNums), so that the engine finds the
+// job's markets and the grants that pay in each without reading a string.
+// The property tests hold
 // Decide to Rank's answer on thousands of random books and jobs, raw and
 // compiled, and DecideSplit to a brute-force enumeration.
 //

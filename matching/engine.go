@@ -3,6 +3,8 @@ package matching
 import (
 	"context"
 	"errors"
+	"math"
+	"math/bits"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -90,7 +92,8 @@ type Engine struct {
 	cfg     Config
 	markets map[market.MarketKey]*owner
 	byClass map[string]*classMarkets
-	pool    sync.Pool // *Scratch
+	byNum   []*classMarkets // by class number (see mktNums)
+	pool    sync.Pool       // *Scratch
 	wg      sync.WaitGroup
 	done    chan struct{}
 	once    sync.Once
@@ -103,6 +106,11 @@ type Engine struct {
 type classMarkets struct {
 	regions []string
 	snaps   []atomic.Pointer[Snapshot] // snaps[i] is the book of regions[i]'s
+	// mask has the bits of the regions (see mktNums), and byBit[b] is the
+	// index in regions of bit b's. complete: every region has a bit.
+	mask     uint64
+	byBit    [64]uint8
+	complete bool
 }
 
 // owner is the goroutine that owns one market's book.
@@ -142,14 +150,26 @@ func NewEngine(cfg Config) *Engine {
 			classes[m.Class] = append(classes[m.Class], m.Region)
 		}
 	}
+	nums := numberMarkets(cfg.Markets)
 	for c, regions := range classes {
 		slices.Sort(regions)
-		cm := &classMarkets{regions: regions, snaps: make([]atomic.Pointer[Snapshot], len(regions))}
+		cm := &classMarkets{regions: regions, snaps: make([]atomic.Pointer[Snapshot], len(regions)), complete: true}
 		e.byClass[c] = cm
 		for i, r := range regions {
 			m := market.MarketKey{Class: c, Region: r}
 			e.markets[m] = &owner{book: newBook(m, &cm.snaps[i]), queue: make(chan ownerMsg, cfg.QueueSize)}
+			if b, ok := nums.regionBit(r); ok && i <= math.MaxUint8 {
+				cm.mask |= b
+				cm.byBit[bits.TrailingZeros64(b)] = uint8(i)
+			} else {
+				cm.complete = false
+			}
 		}
+		n := int(nums.classes[c])
+		if n >= len(e.byNum) {
+			e.byNum = append(e.byNum, make([]*classMarkets, n+1-len(e.byNum))...)
+		}
+		e.byNum[n] = cm
 	}
 	e.cfg = cfg
 	for _, o := range e.markets {
@@ -282,8 +302,7 @@ func (e *Engine) snapshots(req *Request, dst []*Snapshot) []*Snapshot {
 // Decide): the same matches as Rank over those snapshots' offers.
 func (e *Engine) Match(req Request, limit int) Result {
 	s := e.pool.Get().(*Scratch)
-	s.snaps = e.snapshots(&req, s.snaps)
-	Decide(&req, s.snaps, limit, s)
+	e.decide(&req, limit, s)
 	res := s.Result()
 	s.release()
 	e.pool.Put(s)
@@ -295,8 +314,30 @@ func (e *Engine) Match(req Request, limit int) Result {
 // stay unchanged while s is read.
 func (e *Engine) Decide(req *Request, limit int, s *Scratch) int {
 	s.load(req)
+	return e.decide(req, limit, s)
+}
+
+// decide finds req's markets, by number when it can, and decides req.
+func (e *Engine) decide(req *Request, limit int, s *Scratch) int {
+	if cm := e.numbered(req); cm != nil {
+		s.snaps, s.rbits = cm.pick(req.num.regions, s.snaps, s.rbits)
+		return decide(req, s.snaps, true, limit, s)
+	}
 	s.snaps = e.snapshots(req, s.snaps)
-	return Decide(req, s.snaps, limit, s)
+	return decide(req, s.snaps, false, limit, s)
+}
+
+// numbered returns the markets of req's class when req names its class,
+// regions and grants' region scopes by number and every market of the
+// class has one; nil when the markets are to be found by their names.
+func (e *Engine) numbered(req *Request) *classMarkets {
+	if !req.num.ok || int(req.num.class) >= len(e.byNum) {
+		return nil
+	}
+	if cm := e.byNum[req.num.class]; cm != nil && cm.complete {
+		return cm
+	}
+	return nil
 }
 
 // run is a market's goroutine: it drains the queue in batches, applies each

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand"
+	"reflect"
 	"slices"
 	"sync"
 	"testing"
@@ -64,6 +65,8 @@ func (w *world) events(n int) []Event {
 // snapshots against books given the same events directly.
 func TestEngineEqualsRank(t *testing.T) {
 	ctx := context.Background()
+	s := NewScratch()
+	numbered, named := 0, 0
 	for seed := int64(1); seed <= 30; seed++ {
 		w := newWorld(seed)
 		e := NewEngine(Config{Markets: testMarkets(w), QueueSize: 8})
@@ -109,6 +112,15 @@ func TestEngineEqualsRank(t *testing.T) {
 			for k := 0; k < 10; k++ {
 				req := w.request()
 				limit := w.rng.Intn(4)
+				switch w.rng.Intn(10) {
+				case 0: // a region no engine has: decided by name
+					req.Job.Regions = append(slices.Clone(req.Job.Regions), "cn-nowhere")
+				case 1:
+					if len(req.Grants) > 0 {
+						req.Grants = slices.Clone(req.Grants)
+						req.Grants[0].Program.Regions = []string{"cn-nowhere", w.pick(w.regions)}
+					}
+				}
 				var snaps []*Snapshot
 				for _, m := range testMarkets(w) {
 					if m.Class == req.Job.ResourceClass && req.Job.InRegion(m.Region) {
@@ -117,10 +129,31 @@ func TestEngineEqualsRank(t *testing.T) {
 				}
 				got := e.Match(req, limit)
 				want := Rank(req, candidatesOf(snaps), limit)
-				sameMatches(t, fmt.Sprintf("seed %d event %d case %d", seed, i, k), got.Matches, want.Matches)
+				label := fmt.Sprintf("seed %d event %d case %d", seed, i, k)
+				sameMatches(t, label, got.Matches, want.Matches)
+				// Compiled, as the broker builds requests: the engine
+				// finds the markets, and the grants whose region scope
+				// takes each, by number.
+				creq := req
+				creq.Compile()
+				if creq.num.ok {
+					numbered++
+				} else {
+					named++
+				}
+				n := e.Decide(&creq, limit, s)
+				res := s.Result()
+				sameMatches(t, label+" compiled", res.Matches, want.Matches)
+				if (limit <= 0 || n < limit) && (res.Considered != want.Considered || !reflect.DeepEqual(res.Rejected, want.Rejected)) {
+					t.Fatalf("%s compiled: considered %d rejected %v, want %d %v", label, res.Considered, res.Rejected, want.Considered, want.Rejected)
+				}
 			}
 		}
 		e.Close()
+	}
+	t.Logf("compiled requests: %d decided by number, %d by name", numbered, named)
+	if numbered < 1000 || named < 100 {
+		t.Fatal("the requests do not exercise both ways of finding the markets")
 	}
 }
 

@@ -32,17 +32,21 @@ type Request struct {
 	// Reference is the market reference price of an offer for the voucher
 	// guard; nil, or a zero answer, means the offer's list price.
 	Reference func(market.Offer) decimal.Decimal
-	// Set by Compile: the job's max price in ticks (-1: no limit) and the
-	// SME's related-party key signature (voucher.KeysSig).
+	// Set by Compile: the job's max price in ticks (-1: no limit), the
+	// SME's related-party key signature (voucher.KeysSig) and the names
+	// resolved as numbers.
 	compiled bool
 	maxTicks int64
 	smeSig   uint64
+	num      numbered // and its markets by number
 }
 
 // Compile gives r the integer forms that Decide otherwise takes from its
 // decimals and strings at every decision: the grants' Terms (when the job
-// uses vouchers and r lacks them), the job's max price in ticks and the
-// SME's related-party key signature. A request's builder calls it once r
+// uses vouchers and r lacks them), the job's max price in ticks, the
+// SME's related-party key signature and, when every engine's markets
+// number them, its class, its regions and its grants' region scopes as
+// numbers (Engine.Decide then finds the markets without a string). A request's builder calls it once r
 // is complete; r's job, SME and grants must not change after. The broker
 // compiles each request it builds: a resting job, decided again at each
 // book change that may fill it, converts nothing again, and a new job's
@@ -58,6 +62,7 @@ func (r *Request) Compile() {
 		}
 	}
 	r.smeSig = voucher.KeysSig(r.SME.RelatedPartyKeys)
+	r.resolve()
 	r.compiled = true
 }
 

@@ -206,11 +206,21 @@ func (r Rules) PrepareTerms(p *Prepared, now time.Time, sme *market.Account, cla
 	return true
 }
 
+// RegionScope returns the regions the grant of t is scoped to, none when
+// it is not scoped to regions.
+func (t *Terms) RegionScope() []string {
+	if t.flags&termsScoped == 0 {
+		return nil
+	}
+	return t.cold.regions
+}
+
 // Touch reads each of terms once and returns a value of no meaning. A
 // caller about to compile terms that may not be in cache calls it early,
 // next to its other independent loads, so that their cache misses overlap
-// instead of each stalling in turn.
-func Touch(terms []Terms) (x uint64) {
+// instead of each stalling in turn. With regionNames false it leaves out
+// the names in the region scopes, for a caller that has them as numbers.
+func Touch(terms []Terms, regionNames bool) (x uint64) {
 	for i := range terms {
 		t := &terms[i]
 		x += uint64(t.rank)
@@ -221,7 +231,7 @@ func Touch(terms []Terms) (x uint64) {
 			if p := c.providers; len(p) > 0 && len(p[0]) > 0 {
 				x += uint64(p[0][0])
 			}
-			if r := c.regions; len(r) > 0 && len(r[0]) > 0 {
+			if r := c.regions; regionNames && len(r) > 0 && len(r[0]) > 0 {
 				x += uint64(r[0][0])
 			}
 		}
