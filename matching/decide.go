@@ -109,7 +109,7 @@ type cursor struct {
 const maxMasked = 64
 
 // scopedProv is a provider that some scoped grant names, with the mask of
-// the grants naming it.
+// the grants naming it (and its id, unless bounds took it by number).
 type scopedProv struct {
 	id   string
 	num  int32
@@ -190,7 +190,7 @@ func (s *Scratch) load(req *Request) {
 		x += uint64(len(j.Regions[0]))
 	}
 	if len(req.Terms) > 0 && req.Job.UseVouchers {
-		x += voucher.Touch(req.Terms, !req.num.ok)
+		x += voucher.Touch(req.Terms, !req.num.ok, !req.num.provsOK)
 		if !req.compiled {
 			for _, k := range req.SME.RelatedPartyKeys {
 				if len(k) > 0 {
@@ -484,6 +484,10 @@ func (s *Scratch) bounds() {
 		return
 	}
 	s.masked = true
+	if n := &s.req.num; n.provsOK {
+		s.boundsByNum(n, grants)
+		return
+	}
 	for i := range grants {
 		g := &grants[i]
 		if len(g.Providers) == 0 {
@@ -499,6 +503,27 @@ func (s *Scratch) bounds() {
 				}
 			}
 			s.provs = append(s.provs, scopedProv{id: pid, num: providerNumber(pid), mask: 1 << i})
+		}
+	}
+}
+
+// boundsByNum is bounds from the provider numbers of the request's terms
+// (see numbered): it reads no provider id.
+func (s *Scratch) boundsByNum(n *numbered, grants []voucher.Compiled) {
+	for i := range grants {
+		if n.unscoped&(1<<grants[i].Index) != 0 {
+			s.unscoped |= 1 << i
+		}
+	}
+	for _, p := range n.provs {
+		var m uint64
+		for i := range grants {
+			if p.terms&(1<<grants[i].Index) != 0 {
+				m |= 1 << i
+			}
+		}
+		if m != 0 {
+			s.provs = append(s.provs, scopedProv{num: p.num, mask: m})
 		}
 	}
 }

@@ -66,7 +66,7 @@ func (w *world) events(n int) []Event {
 func TestEngineEqualsRank(t *testing.T) {
 	ctx := context.Background()
 	s := NewScratch()
-	numbered, named := 0, 0
+	numbered, named, provsByNum, provsByID := 0, 0, 0, 0
 	for seed := int64(1); seed <= 30; seed++ {
 		w := newWorld(seed)
 		e := NewEngine(Config{Markets: testMarkets(w), QueueSize: 8})
@@ -120,6 +120,11 @@ func TestEngineEqualsRank(t *testing.T) {
 						req.Grants = slices.Clone(req.Grants)
 						req.Grants[0].Program.Regions = []string{"cn-nowhere", w.pick(w.regions)}
 					}
+				case 2: // a provider no book has: looked up at each decision
+					if len(req.Grants) > 0 {
+						req.Grants = slices.Clone(req.Grants)
+						req.Grants[0].Program.Providers = []string{"prov-none", w.providers[w.rng.Intn(len(w.providers))].ID}
+					}
 				}
 				var snaps []*Snapshot
 				for _, m := range testMarkets(w) {
@@ -141,6 +146,11 @@ func TestEngineEqualsRank(t *testing.T) {
 				} else {
 					named++
 				}
+				if len(creq.Terms) > 0 && creq.num.provsOK {
+					provsByNum++
+				} else if len(creq.Terms) > 0 {
+					provsByID++
+				}
 				n := e.Decide(&creq, limit, s)
 				res := s.Result()
 				sameMatches(t, label+" compiled", res.Matches, want.Matches)
@@ -151,8 +161,9 @@ func TestEngineEqualsRank(t *testing.T) {
 		}
 		e.Close()
 	}
-	t.Logf("compiled requests: %d decided by number, %d by name", numbered, named)
-	if numbered < 1000 || named < 100 {
+	t.Logf("compiled requests: %d decided by number, %d by name; with grants, %d took the providers by number, %d by id",
+		numbered, named, provsByNum, provsByID)
+	if numbered < 1000 || named < 100 || provsByNum < 1000 || provsByID < 100 {
 		t.Fatal("the requests do not exercise both ways of finding the markets")
 	}
 }

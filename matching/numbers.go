@@ -96,17 +96,34 @@ func (t *mktTable) regionBits(regions []string) (uint64, bool) {
 // regions its scope takes (nil: no grant is scoped to regions). ok is
 // false when some name has no number: the request is then decided by its
 // strings.
+//
+// With provsOK set, the providers that the terms' scopes name have numbers
+// (see provNums), in provs with the mask of the terms naming each, and
+// unscoped has the terms scoped to no provider. provsOK stays false when
+// a provider has no number yet (no book holds an offer of it) or there are
+// more than maxMasked terms: bounds then looks the providers up.
 type numbered struct {
-	ok      bool
-	class   int32
-	regions uint64
-	terms   []uint64
+	ok       bool
+	provsOK  bool
+	class    int32
+	regions  uint64
+	terms    []uint64
+	unscoped uint64
+	provs    []termsProv
+}
+
+// termsProv is a provider that the terms' scopes name, with the mask of
+// the terms (by index in Request.Terms) that name it.
+type termsProv struct {
+	num   int32
+	terms uint64
 }
 
 // resolve numbers the request's class, regions and its terms' region
-// scopes in the current table.
+// scopes in the current table, and its terms' provider scopes.
 func (r *Request) resolve() {
 	r.num = numbered{}
+	r.num.provsOK = r.resolveProviders()
 	t := mktNums.visible.Load()
 	if t == nil {
 		return
@@ -143,7 +160,40 @@ func (r *Request) resolve() {
 			terms[i] = m
 		}
 	}
-	r.num = numbered{ok: true, class: c, regions: regions, terms: terms}
+	n := &r.num
+	n.ok, n.class, n.regions, n.terms = true, c, regions, terms
+}
+
+// resolveProviders sets r.num's provs and unscoped from the terms'
+// provider scopes; it reports whether every provider had a number.
+func (r *Request) resolveProviders() bool {
+	if !r.Job.UseVouchers || len(r.Terms) > maxMasked {
+		return false
+	}
+	n := &r.num
+	for i := range r.Terms {
+		scope := r.Terms[i].ProviderScope()
+		if len(scope) == 0 {
+			n.unscoped |= 1 << i
+			continue
+		}
+	next:
+		for _, pid := range scope {
+			num := providerNumber(pid)
+			if num < 0 {
+				n.provs, n.unscoped = nil, 0
+				return false
+			}
+			for k := range n.provs {
+				if n.provs[k].num == num {
+					n.provs[k].terms |= 1 << i
+					continue next
+				}
+			}
+			n.provs = append(n.provs, termsProv{num: num, terms: 1 << i})
+		}
+	}
+	return true
 }
 
 // pick appends to snaps the snapshots of cm's markets in the regions of

@@ -215,12 +215,22 @@ func (t *Terms) RegionScope() []string {
 	return t.cold.regions
 }
 
+// ProviderScope returns the providers the grant of t is scoped to, none
+// when it is not scoped to providers.
+func (t *Terms) ProviderScope() []string {
+	if t.flags&termsScoped == 0 {
+		return nil
+	}
+	return t.cold.providers
+}
+
 // Touch reads each of terms once and returns a value of no meaning. A
 // caller about to compile terms that may not be in cache calls it early,
 // next to its other independent loads, so that their cache misses overlap
-// instead of each stalling in turn. With regionNames false it leaves out
-// the names in the region scopes, for a caller that has them as numbers.
-func Touch(terms []Terms, regionNames bool) (x uint64) {
+// instead of each stalling in turn. With regionNames or providerNames
+// false it leaves out the names in the region or provider scopes, for a
+// caller that has them as numbers.
+func Touch(terms []Terms, regionNames, providerNames bool) (x uint64) {
 	for i := range terms {
 		t := &terms[i]
 		x += uint64(t.rank)
@@ -228,7 +238,7 @@ func Touch(terms []Terms, regionNames bool) (x uint64) {
 			// The scope lists, which the matching engine reads once per
 			// decision (and looks the providers up).
 			c := t.cold
-			if p := c.providers; len(p) > 0 && len(p[0]) > 0 {
+			if p := c.providers; providerNames && len(p) > 0 && len(p[0]) > 0 {
 				x += uint64(p[0][0])
 			}
 			if r := c.regions; regionNames && len(r) > 0 && len(r[0]) > 0 {
