@@ -427,20 +427,25 @@ func BenchmarkApply(b *testing.B) {
 	}
 }
 
-// TestBenchWorldEqualsRank checks the benchmark's own jobs against Rank.
+// TestBenchWorldEqualsRank checks the benchmark's own jobs, decided by the
+// bounded scan and by the brute-force scan, against Rank.
 func TestBenchWorldEqualsRank(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds 100k offers")
 	}
 	w := newBenchWorld(t, 20_000, 1024)
 	defer w.engine.Close()
-	s := NewScratch()
+	s, brute := NewScratch(), NewScratch()
+	brute.exhaustive = true
 	matched, voucherWins := 0, 0
 	for k := range w.jobs {
 		req := &w.jobs[k]
 		want := Rank(*req, candidatesOf(w.engine.snapshots(req, nil)), w.limits[k])
 		w.engine.Decide(req, w.limits[k], s)
 		sameMatches(t, fmt.Sprint("job ", k), s.Result().Matches, want.Matches)
+		// The brute-force scan the benchmarks compare against, too.
+		w.engine.Decide(req, w.limits[k], brute)
+		sameMatches(t, fmt.Sprint("job ", k, " brute force"), brute.Result().Matches, want.Matches)
 		if len(want.Matches) > 0 {
 			matched++
 			if want.Matches[0].VoucherID != "" {

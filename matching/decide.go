@@ -376,7 +376,7 @@ func intRequest(req *Request) bool {
 
 // prepare resets s for req and compiles its grants; it reports whether the
 // integer path can decide req.
-func (s *Scratch) prepare(req *Request, limit int) bool {
+func (s *Scratch) prepare(req *Request, limit int, scopes bool) bool {
 	s.req, s.limit, s.fallback = req, limit, nil
 	s.picks = s.picks[:0]
 	clear(s.cuts)
@@ -397,7 +397,13 @@ func (s *Scratch) prepare(req *Request, limit int) bool {
 			c.ID = s.q.class
 			cl = &c
 		}
-		if !req.Rules.PrepareTerms(&s.prep, req.Now, &req.SME, cl, req.Grants, req.Terms) {
+		var ok bool
+		if scopes {
+			ok = req.Rules.PrepareTerms(&s.prep, req.Now, &req.SME, cl, req.Grants, req.Terms)
+		} else {
+			ok = req.Rules.PrepareTermsUnscoped(&s.prep, req.Now, &req.SME, cl, req.Grants, req.Terms)
+		}
+		if !ok {
 			return false
 		}
 		s.vouchers = len(s.prep.Grants()) > 0
@@ -443,7 +449,9 @@ func Decide(req *Request, snaps []*Snapshot, limit int, s *Scratch) int {
 // their regions' bits in s.rbits (see Scratch.byNum).
 func decide(req *Request, snaps []*Snapshot, byNum bool, limit int, s *Scratch) int {
 	s.byNum = byNum && req.num.ok && len(s.rbits) == len(snaps)
-	if !s.prepare(req, limit) {
+	// With the markets and the scoped providers by number, the grants'
+	// scope lists are not read (see bounds and marketGrants).
+	if !s.prepare(req, limit, !(s.byNum && req.num.provsOK)) {
 		s.cands = s.cands[:0]
 		for _, sn := range snaps {
 			for i := range sn.slots {
@@ -456,9 +464,9 @@ func decide(req *Request, snaps []*Snapshot, byNum bool, limit int, s *Scratch) 
 	}
 	s.bounds()
 	if s.exhaustive {
-		for _, sn := range snaps {
+		for k, sn := range snaps {
 			if sn != nil {
-				s.scanAll(sn)
+				s.scanAll(sn, s.marketGrants(k, sn))
 			}
 		}
 	} else {
@@ -553,6 +561,15 @@ func (s *Scratch) regionMask(region string) uint64 {
 		}
 	}
 	return m
+}
+
+// marketGrants returns the grants whose region scope takes the market of
+// snaps[k], sn, of the decision.
+func (s *Scratch) marketGrants(k int, sn *Snapshot) uint64 {
+	if s.byNum {
+		return s.regionMaskBit(s.rbits[k])
+	}
+	return s.regionMask(sn.Market.Region)
 }
 
 // regionMaskBit is regionMask of the region whose bit is b, from the
@@ -652,12 +669,7 @@ func (s *Scratch) scan(snaps []*Snapshot) {
 		}
 		s.curs = append(s.curs, cursor{}) // written in place (see price)
 		c := &s.curs[len(s.curs)-1]
-		c.sn, c.f, c.ticks = sn, f, sn.first
-		if s.byNum {
-			c.region = s.regionMaskBit(s.rbits[k])
-		} else {
-			c.region = s.regionMask(sn.Market.Region)
-		}
+		c.sn, c.f, c.ticks, c.region = sn, f, sn.first, s.marketGrants(k, sn)
 	}
 	if len(s.curs) == 1 {
 		s.run(&s.curs[0], math.MaxInt64)
@@ -836,9 +848,8 @@ func searchFrom(list []provEntry, from uint64) int {
 
 // scanAll checks every offer of sn up to the job's max price with the
 // checker chain and prices every eligible one: the brute-force scan.
-func (s *Scratch) scanAll(sn *Snapshot) {
+func (s *Scratch) scanAll(sn *Snapshot, rm uint64) {
 	s.q.enter(sn.mkt)
-	rm := s.regionMask(sn.Market.Region)
 	for i := range sn.slots {
 		sl := &sn.slots[i]
 		if sl.ticks > s.q.maxTicks {

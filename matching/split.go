@@ -109,7 +109,7 @@ type splitSearch struct {
 // no grant applies to when four earlier such offers each hold at least as
 // many units (any set using it does no worse with one of them instead).
 func DecideSplit(req *Request, snaps []*Snapshot, s *Scratch) *Split {
-	ok := s.prepare(req, 0)
+	ok := s.prepare(req, 0, true)
 	s.q.minUnits = 1
 	ss := &splitSearch{s: s, units: req.Job.Units, hours: req.Job.Hours}
 	if s.vouchers {

@@ -172,6 +172,20 @@ func (t *Terms) free(now time.Time, nowNs int64, nowWall bool, smeID, classID st
 // unless there is one per grant). It reads of sme and class only what it
 // needs.
 func (r Rules) PrepareTerms(p *Prepared, now time.Time, sme *market.Account, class *market.ResourceClass, grants []Grant, terms []Terms) (ok bool) {
+	return r.prepareTerms(p, now, sme, class, grants, terms, true)
+}
+
+// PrepareTermsUnscoped is PrepareTerms for a caller that applies the
+// grants' region and provider scopes itself (from masks it made of
+// RegionScope and ProviderScope, through ChooseIn): the prepared grants
+// carry no scope lists, so that the terms' cold parts are not read.
+// Choose and Applicable would then take every grant as unscoped. Without
+// one term per grant it is Prepare, with the scopes.
+func (r Rules) PrepareTermsUnscoped(p *Prepared, now time.Time, sme *market.Account, class *market.ResourceClass, grants []Grant, terms []Terms) (ok bool) {
+	return r.prepareTerms(p, now, sme, class, grants, terms, false)
+}
+
+func (r Rules) prepareTerms(p *Prepared, now time.Time, sme *market.Account, class *market.ResourceClass, grants []Grant, terms []Terms, scopes bool) (ok bool) {
 	if len(terms) != len(grants) {
 		return r.Prepare(p, now, *sme, *class, grants)
 	}
@@ -197,7 +211,7 @@ func (r Rules) PrepareTerms(p *Prepared, now time.Time, sme *market.Account, cla
 		if t.rateCold&(1<<k) != 0 {
 			c.RateBP = t.cold.rateBP[k]
 		}
-		if t.flags&termsScoped != 0 {
+		if scopes && t.flags&termsScoped != 0 {
 			c.Regions, c.Providers = t.cold.regions, t.cold.providers
 		}
 		p.grants = append(p.grants, c)
@@ -234,7 +248,7 @@ func Touch(terms []Terms, regionNames, providerNames bool) (x uint64) {
 	for i := range terms {
 		t := &terms[i]
 		x += uint64(t.rank)
-		if t.flags&termsScoped != 0 {
+		if t.flags&termsScoped != 0 && (regionNames || providerNames) {
 			// The scope lists, which the matching engine reads once per
 			// decision (and looks the providers up).
 			c := t.cold
