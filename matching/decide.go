@@ -175,8 +175,9 @@ type Scratch struct {
 }
 
 // load reads, one after the other, the first word of each part of req
-// that a decision reads and that lies apart from the Request: its regions,
-// its grants' terms and, unless req is compiled, its max price and the
+// that a decision reads and that lies apart from the Request: its regions
+// (unless compiled by number), its grants' terms and the masks compiled
+// from their scopes and, unless req is compiled, its max price and the
 // SME's related-party keys; then a
 // field in each cache line of the Request that the decision reads (the
 // class, the SME's id and startup flag, the time, the rules). None of
@@ -191,6 +192,12 @@ func (s *Scratch) load(req *Request) {
 	}
 	if len(req.Terms) > 0 && req.Job.UseVouchers {
 		x += voucher.Touch(req.Terms, !req.num.ok, !req.num.provsOK)
+		if n := &req.num; len(n.terms) > 0 {
+			x += n.terms[0] // the grants' region masks
+		}
+		if n := &req.num; len(n.provs) > 0 {
+			x += n.provs[0].terms // the scoped providers' numbers
+		}
 		if !req.compiled {
 			for _, k := range req.SME.RelatedPartyKeys {
 				if len(k) > 0 {
