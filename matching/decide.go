@@ -192,8 +192,8 @@ func (s *Scratch) load(req *Request) {
 	}
 	if len(req.Terms) > 0 && req.Job.UseVouchers {
 		x += voucher.Touch(req.Terms, !req.num.ok, !req.num.provsOK)
-		if n := &req.num; len(n.terms) > 0 {
-			x += n.terms[0] // the grants' region masks
+		if n := &req.num; len(n.termRegions) > 0 {
+			x += n.termRegions[0] // the grants' region masks
 		}
 		if n := &req.num; len(n.provs) > 0 {
 			x += n.provs[0].terms // the scoped providers' numbers
@@ -586,13 +586,13 @@ func (s *Scratch) regionMaskBit(b uint64) uint64 {
 	if !s.vouchers || len(grants) > maxMasked {
 		return 0
 	}
-	scopes := s.req.num.terms
-	if scopes == nil {
+	regions := s.req.num.termRegions
+	if regions == nil {
 		return ^uint64(0) >> (64 - len(grants))
 	}
 	var m uint64
 	for i := range grants {
-		if scopes[grants[i].Index]&b != 0 {
+		if regions[grants[i].Index]&b != 0 {
 			m |= 1 << i
 		}
 	}

@@ -93,9 +93,9 @@ func (t *mktTable) regionBits(regions []string) (uint64, bool) {
 
 // numbered is what Compile resolved of a request by number: its class,
 // the mask of its job's regions and, per grant's terms, the mask of the
-// regions its scope takes (nil: no grant is scoped to regions). ok is
-// false when some name has no number: the request is then decided by its
-// strings.
+// regions its scope takes (termRegions, nil when no grant is scoped to
+// regions). ok is false when some name has no number: the request is
+// then decided by its strings.
 //
 // With provsOK set, the providers that the terms' scopes name have numbers
 // (see provNums), in provs with the mask of the terms naming each, and
@@ -103,13 +103,15 @@ func (t *mktTable) regionBits(regions []string) (uint64, bool) {
 // a provider has no number yet (no book holds an offer of it) or there are
 // more than maxMasked terms: bounds then looks the providers up.
 type numbered struct {
-	ok       bool
-	provsOK  bool
-	class    int32
-	regions  uint64
-	terms    []uint64
-	unscoped uint64
-	provs    []termsProv
+	ok      bool
+	provsOK bool
+	class   int32
+	regions uint64
+	// termRegions[i] is the mask of the regions Request.Terms[i]'s scope
+	// takes (every bit when it is not scoped to regions).
+	termRegions []uint64
+	unscoped    uint64
+	provs       []termsProv
 }
 
 // termsProv is a provider that the terms' scopes name, with the mask of
@@ -140,7 +142,7 @@ func (r *Request) resolve() {
 	if !ok {
 		return
 	}
-	var terms []uint64
+	var termRegions []uint64
 	if r.Job.UseVouchers {
 		for i := range r.Terms {
 			scope := r.Terms[i].RegionScope()
@@ -151,17 +153,17 @@ func (r *Request) resolve() {
 			if !ok {
 				return
 			}
-			if terms == nil {
-				terms = make([]uint64, len(r.Terms))
-				for k := range terms {
-					terms[k] = ^uint64(0)
+			if termRegions == nil {
+				termRegions = make([]uint64, len(r.Terms))
+				for k := range termRegions {
+					termRegions[k] = ^uint64(0)
 				}
 			}
-			terms[i] = m
+			termRegions[i] = m
 		}
 	}
 	n := &r.num
-	n.ok, n.class, n.regions, n.terms = true, c, regions, terms
+	n.ok, n.class, n.regions, n.termRegions = true, c, regions, termRegions
 }
 
 // resolveProviders sets r.num's provs and unscoped from the terms'
@@ -196,8 +198,8 @@ func (r *Request) resolveProviders() bool {
 	return true
 }
 
-// pick appends to snaps the snapshots of cm's markets in the regions of
-// mask, and to bits their regions' bits.
+// pick returns in snaps the snapshots of cm's markets in the regions of
+// mask, and in rb their regions' bits.
 func (cm *classMarkets) pick(mask uint64, snaps []*Snapshot, rb []uint64) ([]*Snapshot, []uint64) {
 	snaps, rb = snaps[:0], rb[:0]
 	for m := mask & cm.mask; m != 0; m &= m - 1 {
