@@ -85,8 +85,24 @@ func TestPreparedChooseEqualsChoose(t *testing.T) {
 			t.Fatal("Prepare refused representable grants")
 		}
 		// From the integer terms: the same compiled grants.
-		if !rules.PrepareTerms(&pt, t0, &s, &class, grants, TermsOf(grants)) || !reflect.DeepEqual(p.Grants(), pt.Grants()) {
+		terms := TermsOf(grants)
+		if !rules.PrepareTerms(&pt, t0, &s, &class, grants, terms) || !reflect.DeepEqual(p.Grants(), pt.Grants()) {
 			t.Fatalf("case %d: from terms %+v, from grants %+v", n, pt.Grants(), p.Grants())
+		}
+		// Without the scope lists: the same grants, their scopes left to
+		// the caller, which reads them from the terms.
+		var pu Prepared
+		if !rules.PrepareTermsUnscoped(&pu, t0, &s, &class, grants, terms) || len(pu.Grants()) != len(p.Grants()) {
+			t.Fatalf("case %d: unscoped %+v, from grants %+v", n, pu.Grants(), p.Grants())
+		}
+		for i, c := range pu.Grants() {
+			w := p.Grants()[i]
+			if c.Index != w.Index || c.RateBP != w.RateBP || c.CapCents != w.CapCents || c.Regions != nil || c.Providers != nil {
+				t.Fatalf("case %d: unscoped grant %d %+v, want %+v without scopes", n, i, c, w)
+			}
+			if tm := &terms[c.Index]; !slices.Equal(tm.RegionScope(), w.Regions) || !slices.Equal(tm.ProviderScope(), w.Providers) {
+				t.Fatalf("case %d: terms' scopes %v %v, grant's %v %v", n, tm.RegionScope(), tm.ProviderScope(), w.Regions, w.Providers)
+			}
 		}
 		ticks, _ := market.PriceTicks(o.Price)
 		list, exact := market.PriceTicks(o.ListPrice)
