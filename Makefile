@@ -1,5 +1,5 @@
 # Convenience targets; the scripts are the real interface (see README).
-.PHONY: demo demo-stop test race bench build services-start services-stop services-status
+.PHONY: demo demo-stop test race bench build pgo services-start services-stop services-status
 
 demo:
 	scripts/demo start
@@ -20,6 +20,10 @@ bench:
 
 build:
 	go build ./...
+
+# Regenerates cmd/brokerd/default.pgo, the profile go build optimises brokerd with.
+pgo:
+	scripts/pgo
 
 services-start:
 	scripts/services start

@@ -1,6 +1,9 @@
 package composecheck
 
 import (
+	"bytes"
+	"compress/gzip"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -106,5 +109,54 @@ func TestValidate(t *testing.T) {
 				t.Fatalf("Validate: %v\nwant an error containing %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestBrokerdProfile checks brokerd's profile, which go build (and so the
+// Dockerfile) uses for profile-guided optimisation: it must be a gzipped
+// pprof profile naming the matching engine's hot path and the book
+// updates, and the Docker build context must include it.
+func TestBrokerdProfile(t *testing.T) {
+	f, err := os.Open(filepath.Join("..", "..", "cmd", "brokerd", "default.pgo"))
+	if err != nil {
+		t.Fatalf("brokerd's profile: %v (scripts/pgo makes it)", err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatalf("default.pgo is not a gzipped pprof profile: %v", err)
+	}
+	b, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatalf("default.pgo: %v", err)
+	}
+	for _, fn := range []string{
+		"computebroker/matching.(*Scratch).scan",
+		"computebroker/matching.(*Scratch).run",
+		"computebroker/matching.(*Scratch).price",
+		"computebroker/voucher.Rules.prepareTerms",
+		"computebroker/matching.(*Book).Upsert",
+	} {
+		if !bytes.Contains(b, []byte(fn)) {
+			t.Errorf("default.pgo does not name %s: regenerate it with scripts/pgo", fn)
+		}
+	}
+	ignore, err := os.ReadFile(filepath.Join("..", "..", ".dockerignore"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(ignore), "\n") {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") && !strings.HasPrefix(l, "!") {
+			if ok, _ := filepath.Match(l, "default.pgo"); ok || strings.Contains(l, "pgo") {
+				t.Errorf(".dockerignore line %q leaves brokerd's profile out of the image build", l)
+			}
+		}
+	}
+	df, err := os.ReadFile(filepath.Join("..", "..", "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(df), "-pgo=off") {
+		t.Error("the Dockerfile builds brokerd without its profile")
 	}
 }
