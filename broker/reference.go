@@ -20,14 +20,14 @@ type references struct {
 	prices atomic.Pointer[map[market.MarketKey]decimal.Decimal]
 }
 
-// of returns an offer's market reference, zero when the market has no
-// unsubsidised history yet (the guard then uses the offer's list price).
-func (r *references) of(o market.Offer) decimal.Decimal {
+// of returns a market's reference, zero when the market has no
+// unsubsidised history yet (the guard then uses the offers' list prices).
+func (r *references) of(k market.MarketKey) decimal.Decimal {
 	m := r.prices.Load()
 	if m == nil {
 		return decimal.Zero
 	}
-	return (*m)[o.Market()]
+	return (*m)[k]
 }
 
 // RefreshReferences reloads the markets' reference prices from the history.

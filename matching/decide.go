@@ -164,6 +164,7 @@ type Scratch struct {
 	// those whose scopes take an offer from the masks, see grantsIn.
 	masked bool
 	provs  []scopedProv
+	refs   []marketRef // the markets' reference prices asked so far
 	scoped []scoped
 	act    []int32 // the merge's markets still scanning, see scan
 	heads  []int64
@@ -231,6 +232,8 @@ func (s *Scratch) release() {
 	clear(s.curs)
 	clear(s.provs)
 	clear(s.scoped)
+	clear(s.refs)
+	s.refs = s.refs[:0]
 	s.provs, s.scoped = s.provs[:0], s.scoped[:0]
 	s.snaps, s.picks, s.cands, s.cuts, s.spans, s.curs = s.snaps[:0], s.picks[:0], s.cands[:0], s.cuts[:0], s.spans[:0], s.curs[:0]
 }
@@ -391,6 +394,8 @@ func (s *Scratch) prepare(req *Request, limit int, scopes bool) bool {
 	s.cuts, s.spans = s.cuts[:0], s.spans[:0]
 	s.counts = reasonCounts{}
 	s.considered = 0
+	clear(s.refs)
+	s.refs = s.refs[:0]
 	s.q.reset(req)
 	s.vouchers = false
 	if !intRequest(req) {
@@ -874,10 +879,33 @@ func (s *Scratch) scanAll(sn *Snapshot, rm uint64) {
 
 func inList(scope []string, id string) bool { return len(scope) == 0 || slices.Contains(scope, id) }
 
+// marketRef is the reference price of a market (its book's shared key),
+// prepared once per decision for the voucher guard.
+type marketRef struct {
+	mkt *market.MarketKey
+	ref voucher.Reference
+}
+
+// reference returns the guard's reference price for the market whose
+// book key is mkt, asking Request.Reference once per decision and market;
+// nil when the request has none. The pointer is good until the next call.
+func (s *Scratch) reference(mkt *market.MarketKey) *voucher.Reference {
+	if s.req.Reference == nil {
+		return nil
+	}
+	for i := range s.refs {
+		if s.refs[i].mkt == mkt {
+			return &s.refs[i].ref
+		}
+	}
+	s.refs = append(s.refs, marketRef{mkt: mkt, ref: voucher.NewReference(s.req.Reference(*mkt))})
+	return &s.refs[len(s.refs)-1].ref
+}
+
 // target describes sl for the voucher rules.
 func (s *Scratch) target(sl *slot) voucher.Target {
 	return voucher.Target{Provider: &sl.prov.acct, Offer: &sl.it.Offer, Region: sl.mkt.Region,
-		PriceTicks: sl.ticks, ListTicks: sl.listTicks, Ref: s.req.Reference, ProviderSig: sl.prov.sig}
+		PriceTicks: sl.ticks, ListTicks: sl.listTicks, Ref: s.reference(sl.mkt), ProviderSig: sl.prov.sig}
 }
 
 // take prices the eligible offer sn.slots[i], rm being the grants whose
@@ -898,8 +926,8 @@ func (s *Scratch) price(sn *Snapshot, at int, region string, rm uint64, ticks, l
 	grant, disc, net := -1, int64(0), gross
 	if s.vouchers {
 		t := voucher.Target{Provider: acct, Region: region, PriceTicks: ticks, ListTicks: listTicks,
-			Ref: s.req.Reference, ProviderSig: sig}
-		if t.Ref != nil || listTicks < 0 {
+			Ref: s.reference(sn.mkt), ProviderSig: sig}
+		if listTicks < 0 {
 			t.Offer = &sl.it.Offer
 		}
 		var idx int

@@ -2,6 +2,7 @@ package matching
 
 import (
 	"fmt"
+	"hash/fnv"
 	"math/rand"
 	"time"
 
@@ -213,12 +214,8 @@ func (w *world) request() Request {
 	for i, n := 0, w.rng.Intn(5); i < n; i++ {
 		req.Grants = append(req.Grants, w.grant(i))
 	}
-	switch w.rng.Intn(4) {
-	case 0:
-		// A VWAP-like reference with many decimals.
-		req.Reference = func(o market.Offer) decimal.Decimal { return o.Price.Mul(d("0.8")).Add(d("0.00000003")) }
-	case 1:
-		req.Reference = func(o market.Offer) decimal.Decimal { return o.Price.DivRound(d("1.25"), 12) }
+	if w.rng.Intn(2) == 0 {
+		req.Reference = marketReference
 	}
 	if w.rng.Intn(6) == 0 {
 		req.Rules = voucher.Rules{GuardRatio: d("1.2345678"), AlertRatio: d("1.1")}
@@ -253,4 +250,25 @@ func candidatesOf(snaps []*Snapshot) []Candidate {
 		out = append(out, s.Candidates()...)
 	}
 	return out
+}
+
+// marketReference is a reference price per market, as brokerd's 30-day
+// VWAP: near the world's prices, with many decimals, with more digits
+// than 64 bits hold, or none yet (zero), depending on the market.
+func marketReference(k market.MarketKey) decimal.Decimal {
+	h := fnv.New32a()
+	h.Write([]byte(k.Class + "/" + k.Region))
+	x := h.Sum32()
+	base := decimal.New(int64(900+x%500), -2) // 9.00 … 13.99
+	switch x / 500 % 8 {
+	case 0:
+		return decimal.Zero
+	case 1:
+		return base.Add(decimal.RequireFromString("0.00000003"))
+	case 2:
+		return base.Add(decimal.RequireFromString("0.0000000000000000003"))
+	case 3:
+		return decimal.New(int64(1+x%30), -4) // as low as the sub-cent prices
+	}
+	return base
 }

@@ -29,9 +29,10 @@ type Request struct {
 	Terms []voucher.Terms
 	Now   time.Time
 	Rules voucher.Rules
-	// Reference is the market reference price of an offer for the voucher
-	// guard; nil, or a zero answer, means the offer's list price.
-	Reference func(market.Offer) decimal.Decimal
+	// Reference gives a market's reference price for the voucher guard;
+	// nil, or a zero answer, means each offer's list price. A decision asks
+	// it once per market whose offers it prices with a voucher.
+	Reference func(market.MarketKey) decimal.Decimal
 	// Set by Compile: the job's max price in ticks (-1: no limit), the
 	// SME's related-party key signature (voucher.KeysSig) and the names
 	// resolved as numbers.
@@ -115,7 +116,7 @@ func priceDecimal(req *Request, c *Candidate) Match {
 	if req.Job.UseVouchers && len(req.Grants) > 0 {
 		var ref decimal.Decimal
 		if req.Reference != nil {
-			ref = req.Reference(c.Offer)
+			ref = req.Reference(c.Offer.Market())
 		}
 		if ch, ok := req.Rules.Choose(req.Now, req.SME, c.Provider, c.Offer, req.Class, ref, gross, req.Grants); ok {
 			m.Discount = ch.Discount

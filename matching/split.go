@@ -162,11 +162,6 @@ func (ss *splitSearch) market(sn *Snapshot) int {
 		e := splitEntry{s: sl, cap: min(sl.unitsFree, ss.units)}
 		if len(ss.grants) > 0 {
 			t := s.target(sl)
-			if t.Ref != nil {
-				// Ask for the reference once per offer, not once per grant.
-				ref := t.Ref(sl.it.Offer)
-				t.Ref = func(market.Offer) decimal.Decimal { return ref }
-			}
 			for gi := range ss.grants {
 				if s.prep.Applicable(&ss.grants[gi], &t) {
 					e.sig |= 1 << gi

@@ -105,7 +105,7 @@ func priceBrute(req Request, grants []voucher.Grant, region string, el []Candida
 		for _, p := range bs.parts {
 			var ref decimal.Decimal
 			if req.Reference != nil {
-				ref = req.Reference(p.Offer)
+				ref = req.Reference(p.Offer.Market())
 			}
 			if req.Rules.Applies(req.Now, req.SME, p.Provider, p.Offer, req.Class, ref, g) != "" {
 				applies = false

@@ -162,15 +162,15 @@ func discountCents(rateBP, capCents, gross int64) int64 {
 // Target is what Prepared needs to know about one offer.
 type Target struct {
 	Provider   *market.Account // ID (for scope) and related-party keys
-	Offer      *market.Offer   // passed to Ref; ListPrice read when ListTicks < 0
+	Offer      *market.Offer   // ListPrice read when ListTicks < 0
 	Region     string          // the offer's region
 	PriceTicks int64           // the offer's price in 0.0001 CNY
 	// ListTicks is the offer's list price in ticks when that is exact, or -1
 	// to read Offer.ListPrice.
 	ListTicks int64
-	// Ref gives the market reference price of the guard; nil, or a zero
-	// answer, means the list price. It is called at most once per Choose.
-	Ref func(market.Offer) decimal.Decimal
+	// Ref is the reference price of the offer's market for the guard
+	// (see NewReference); nil, or a zero reference, means the list price.
+	Ref *Reference
 	// ProviderSig is KeysSig(Provider.RelatedPartyKeys), or 0 for not
 	// given; with it, the provider's keys are read only when the
 	// signatures meet.
@@ -291,12 +291,39 @@ func (p *Prepared) Applicable(c *Compiled, t *Target) bool {
 		!p.related(t) && !p.aboveGuard(t)
 }
 
+// Reference is a market's reference price made ready for the guard once,
+// for all the offers of the market that a decision prices: its
+// coefficient and exponent when the coefficient fits 64 bits, else the
+// decimal.
+type Reference struct {
+	d     decimal.Decimal
+	c     uint64 // 0: not positive, or not held in integers (see d)
+	e     int32
+	exact bool // c and e hold it
+}
+
+// NewReference prepares ref for the guard; a zero or negative ref means
+// none (the offers' list prices are then the reference).
+func NewReference(ref decimal.Decimal) Reference {
+	r := Reference{d: ref}
+	if ref.IsPositive() && ref.NumDigits() <= 18 {
+		r.c, r.e, r.exact = uint64(ref.CoefficientInt64()), ref.Exponent(), true
+	}
+	return r
+}
+
+// Decimal returns the reference as given to NewReference.
+func (r *Reference) Decimal() decimal.Decimal { return r.d }
+
 // aboveGuard reports, exactly, whether the price is above ref × GuardRatio
 // (ref zero: the list price; both zero: never).
 func (p *Prepared) aboveGuard(t *Target) bool {
-	if t.Ref != nil {
-		if ref := t.Ref(*t.Offer); ref.IsPositive() {
-			return p.aboveDecimal(t.PriceTicks, ref)
+	if r := t.Ref; r != nil {
+		if r.exact {
+			return p.above(t.PriceTicks, r.c, r.e)
+		}
+		if r.d.IsPositive() {
+			return market.TicksPrice(t.PriceTicks).GreaterThan(r.d.Mul(p.guard))
 		}
 	}
 	switch {

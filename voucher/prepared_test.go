@@ -69,10 +69,24 @@ func TestPreparedChooseEqualsChoose(t *testing.T) {
 			grants = append(grants, g)
 		}
 		var ref decimal.Decimal
-		var refFn func(market.Offer) decimal.Decimal
-		if rng.Intn(2) == 0 {
+		var refp *Reference
+		switch rng.Intn(6) {
+		case 0, 1, 2:
 			ref = o.Price.Div(d(pick("1.25", "1.2", "1.3", "3"))).Truncate(int32(rng.Intn(12)))
-			refFn = func(market.Offer) decimal.Decimal { return ref }
+		case 3:
+			// More digits than 64 bits hold: the guard compares decimals.
+			ref = o.Price.Mul(d("0.8")).Add(d("0.0000000000000000003"))
+		case 4:
+			// A market without a reference yet: the list price.
+			r := NewReference(decimal.Zero)
+			refp = &r
+		}
+		if !ref.IsZero() {
+			r := NewReference(ref)
+			if !r.Decimal().Equal(ref) || r.exact != (ref.NumDigits() <= 18) {
+				t.Fatalf("case %d: NewReference(%s) = %+v", n, ref, r)
+			}
+			refp = &r
 		}
 		rules := DefaultRules()
 		if rng.Intn(4) == 0 {
@@ -109,7 +123,7 @@ func TestPreparedChooseEqualsChoose(t *testing.T) {
 		if !exact || rng.Intn(2) == 0 {
 			list = -1
 		}
-		tg := Target{Provider: &prov, Offer: &o, Region: o.Region, PriceTicks: ticks, ListTicks: list, Ref: refFn}
+		tg := Target{Provider: &prov, Offer: &o, Region: o.Region, PriceTicks: ticks, ListTicks: list, Ref: refp}
 		if rng.Intn(2) == 0 {
 			tg.ProviderSig = KeysSig(prov.RelatedPartyKeys)
 		}
