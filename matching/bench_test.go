@@ -43,6 +43,7 @@ var benchRegions = []string{"cn-north", "cn-east", "cn-south", "cn-west", "cn-ce
 type benchWorld struct {
 	engine    *Engine
 	markets   []market.MarketKey
+	refs      map[market.MarketKey]decimal.Decimal // each market's reference price
 	providers []market.Account
 	jobs      []Request
 	limits    []int
@@ -128,6 +129,16 @@ func newBenchWorld(b testing.TB, nOffers, nJobs int) *benchWorld {
 		b.Fatal(err)
 	}
 	w.offers = nOffers
+	// Reference prices as brokerd keeps them (a 30-day VWAP per market,
+	// near the class's typical price), drawn apart so that the offers and
+	// jobs stay those of earlier sessions.
+	refRng := rand.New(rand.NewSource(7))
+	w.refs = map[market.MarketKey]decimal.Decimal{}
+	for _, c := range benchClasses {
+		for _, r := range benchRegions {
+			w.refs[market.MarketKey{Class: c.class.ID, Region: r}] = decimal.NewFromFloat(c.typ * (0.9 + 0.2*refRng.Float64())).Round(4)
+		}
+	}
 	now := at.Add(2 * time.Hour)
 	d := decimal.RequireFromString
 	for i := 0; i < nJobs; i++ {
@@ -136,7 +147,7 @@ func newBenchWorld(b testing.TB, nOffers, nJobs int) *benchWorld {
 			Job: market.Job{ResourceClass: c.class.ID, Units: c.jobUnits[rng.Intn(len(c.jobUnits))],
 				Hours: []int64{1, 4, 8, 24, 72, 168, 720}[rng.Intn(7)], TimeInForce: market.IOC, UseVouchers: rng.Intn(10) < 7},
 			SME:   market.Account{ID: fmt.Sprintf("sme%d", i), Role: market.RoleSME, Startup: rng.Intn(5) == 0, RelatedPartyKeys: []string{fmt.Sprintf("tax:s%d", i)}},
-			Class: c.class, Now: now, Rules: voucher.DefaultRules(),
+			Class: c.class, Now: now, Rules: voucher.DefaultRules(), Reference: w.reference,
 		}
 		switch r := rng.Intn(10); {
 		case r < 5:
@@ -179,6 +190,10 @@ func newBenchWorld(b testing.TB, nOffers, nJobs int) *benchWorld {
 	}
 	return w
 }
+
+// reference is the world's Request.Reference, as brokerd's: a lookup of
+// the market's reference price.
+func (w *benchWorld) reference(k market.MarketKey) decimal.Decimal { return w.refs[k] }
 
 var benchCache *benchWorld
 
