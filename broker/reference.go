@@ -8,6 +8,7 @@ import (
 	"github.com/shopspring/decimal"
 
 	"computebroker/market"
+	"computebroker/matching"
 )
 
 // referenceWindow is how far back the reference price looks (DESIGN.md:
@@ -37,6 +38,16 @@ func (s *Service) RefreshReferences(ctx context.Context) error {
 		return err
 	}
 	s.refs.prices.Store(&prices)
+	if s.live != nil {
+		// The engine's books hold them, so that a decision reads a
+		// market's reference with its snapshot instead of asking.
+		e := s.live.Engine()
+		for _, m := range s.live.Markets() {
+			if err := e.Apply(ctx, matching.SetReference(m, prices[m])); err != nil {
+				return err
+			}
+		}
+	}
 	return nil
 }
 

@@ -44,7 +44,12 @@ func (s *Service) rest(ctx context.Context, sme market.Account, key, orderID str
 func (s *Service) request(ctx context.Context, sme market.Account, job market.Job) (matching.Request, error) {
 	now := s.now()
 	class, _ := s.cfg.Catalog.Class(job.ResourceClass)
-	req := matching.Request{Job: job, SME: sme, Class: class, Now: now, Rules: s.cfg.Rules, Reference: s.refs.of}
+	req := matching.Request{Job: job, SME: sme, Class: class, Now: now, Rules: s.cfg.Rules}
+	if s.live == nil {
+		// The live engine's books hold the reference prices (see
+		// RefreshReferences); without it the request carries them.
+		req.Reference = s.refs.of
+	}
 	if job.UseVouchers {
 		funds, err := s.ledger.Funds(ctx, sme.ID, now)
 		if err != nil {

@@ -130,14 +130,21 @@ func newBenchWorld(b testing.TB, nOffers, nJobs int) *benchWorld {
 	}
 	w.offers = nOffers
 	// Reference prices as brokerd keeps them (a 30-day VWAP per market,
-	// near the class's typical price), drawn apart so that the offers and
-	// jobs stay those of earlier sessions.
+	// near the class's typical price) in the engine's books, drawn apart
+	// so that the offers and jobs stay those of earlier sessions.
 	refRng := rand.New(rand.NewSource(7))
 	w.refs = map[market.MarketKey]decimal.Decimal{}
 	for _, c := range benchClasses {
 		for _, r := range benchRegions {
-			w.refs[market.MarketKey{Class: c.class.ID, Region: r}] = decimal.NewFromFloat(c.typ * (0.9 + 0.2*refRng.Float64())).Round(4)
+			m := market.MarketKey{Class: c.class.ID, Region: r}
+			w.refs[m] = decimal.NewFromFloat(c.typ * (0.9 + 0.2*refRng.Float64())).Round(4)
+			if err := w.engine.Apply(ctx, SetReference(m, w.refs[m])); err != nil {
+				b.Fatal(err)
+			}
 		}
+	}
+	if err := w.engine.Sync(ctx); err != nil {
+		b.Fatal(err)
 	}
 	now := at.Add(2 * time.Hour)
 	d := decimal.RequireFromString
@@ -147,7 +154,7 @@ func newBenchWorld(b testing.TB, nOffers, nJobs int) *benchWorld {
 			Job: market.Job{ResourceClass: c.class.ID, Units: c.jobUnits[rng.Intn(len(c.jobUnits))],
 				Hours: []int64{1, 4, 8, 24, 72, 168, 720}[rng.Intn(7)], TimeInForce: market.IOC, UseVouchers: rng.Intn(10) < 7},
 			SME:   market.Account{ID: fmt.Sprintf("sme%d", i), Role: market.RoleSME, Startup: rng.Intn(5) == 0, RelatedPartyKeys: []string{fmt.Sprintf("tax:s%d", i)}},
-			Class: c.class, Now: now, Rules: voucher.DefaultRules(), Reference: w.reference,
+			Class: c.class, Now: now, Rules: voucher.DefaultRules(),
 		}
 		switch r := rng.Intn(10); {
 		case r < 5:
@@ -191,9 +198,13 @@ func newBenchWorld(b testing.TB, nOffers, nJobs int) *benchWorld {
 	return w
 }
 
-// reference is the world's Request.Reference, as brokerd's: a lookup of
-// the market's reference price.
-func (w *benchWorld) reference(k market.MarketKey) decimal.Decimal { return w.refs[k] }
+// rankRequest is job k as Rank must see it: with the reference prices
+// that the engine's books hold, which Rank, given candidates, cannot read.
+func (w *benchWorld) rankRequest(k int) Request {
+	r := w.jobs[k]
+	r.Reference = func(m market.MarketKey) decimal.Decimal { return w.refs[m] }
+	return r
+}
 
 var benchCache *benchWorld
 
@@ -400,7 +411,7 @@ func BenchmarkDecideVsScan(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		fast = timeIt(len(w.jobs)*4, func(k int) { e.Decide(&w.jobs[k], w.limits[k], s) })
 		scan = timeIt(len(w.jobs), func(k int) { e.Decide(&w.jobs[k], w.limits[k], brute) })
-		rank = timeIt(len(cands), func(k int) { Rank(w.jobs[k], cands[k], w.limits[k]) })
+		rank = timeIt(len(cands), func(k int) { Rank(w.rankRequest(k), cands[k], w.limits[k]) })
 	}
 	b.ReportMetric(1/fast, "decisions/s")
 	b.ReportMetric(scan/fast, "x-vs-int-scan")
@@ -455,7 +466,7 @@ func TestBenchWorldEqualsRank(t *testing.T) {
 	matched, voucherWins := 0, 0
 	for k := range w.jobs {
 		req := &w.jobs[k]
-		want := Rank(*req, candidatesOf(w.engine.snapshots(req, nil)), w.limits[k])
+		want := Rank(w.rankRequest(k), candidatesOf(w.engine.snapshots(req, nil)), w.limits[k])
 		w.engine.Decide(req, w.limits[k], s)
 		sameMatches(t, fmt.Sprint("job ", k), s.Result().Matches, want.Matches)
 		// The brute-force scan the benchmarks compare against, too.

@@ -1,6 +1,7 @@
 package matching
 
 import (
+	"github.com/shopspring/decimal"
 	"maps"
 	"slices"
 	"strings"
@@ -61,6 +62,9 @@ type Snapshot struct {
 	// len(provHead) on have none.
 	provHead []provHead
 	prov     []provEntry
+	// ref is the market's reference price for the voucher guard (see
+	// Book.SetReference), nil for none.
+	ref *voucher.Reference
 }
 
 // warmSlot is what pricing an offer reads of its slot, two to a cache
@@ -224,6 +228,23 @@ type Book struct {
 	dirty     bool
 	version   uint64
 	snap      *atomic.Pointer[Snapshot] // the published snapshot
+	ref       *voucher.Reference        // the market's reference price, nil for none
+}
+
+// SetReference sets the market's reference price for the voucher guard,
+// published with the next snapshot; zero or negative clears it.
+func (b *Book) SetReference(ref decimal.Decimal) {
+	if !ref.IsPositive() {
+		if b.ref != nil {
+			b.ref, b.dirty = nil, true
+		}
+		return
+	}
+	if b.ref != nil && b.ref.Decimal().Equal(ref) {
+		return
+	}
+	r := voucher.NewReference(ref)
+	b.ref, b.dirty = &r, true
 }
 
 // NewBook returns an empty book for key with an empty published snapshot.
@@ -368,7 +389,7 @@ func (b *Book) Publish() *Snapshot {
 		c := b.certs[:len(b.certs):len(b.certs)]
 		b.published = &c
 	}
-	s.certs = b.published
+	s.certs, s.ref = b.published, b.ref
 	heads := make([]provHead, publishNumbers())
 	for i := range s.slots {
 		sl := &s.slots[i]

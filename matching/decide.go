@@ -886,13 +886,15 @@ type marketRef struct {
 	ref voucher.Reference
 }
 
-// reference returns the guard's reference price for the market whose
-// book key is mkt, asking Request.Reference once per decision and market;
-// nil when the request has none. The pointer is good until the next call.
-func (s *Scratch) reference(mkt *market.MarketKey) *voucher.Reference {
+// reference returns the guard's reference price for the offers of sn:
+// with Request.Reference, its answer for the market, asked once per
+// decision and market (the pointer is good until the next call);
+// without, the one the market's book holds (see Book.SetReference).
+func (s *Scratch) reference(sn *Snapshot) *voucher.Reference {
 	if s.req.Reference == nil {
-		return nil
+		return sn.ref
 	}
+	mkt := sn.mkt
 	for i := range s.refs {
 		if s.refs[i].mkt == mkt {
 			return &s.refs[i].ref
@@ -902,10 +904,10 @@ func (s *Scratch) reference(mkt *market.MarketKey) *voucher.Reference {
 	return &s.refs[len(s.refs)-1].ref
 }
 
-// target describes sl for the voucher rules.
-func (s *Scratch) target(sl *slot) voucher.Target {
+// target describes sl, an offer of sn, for the voucher rules.
+func (s *Scratch) target(sn *Snapshot, sl *slot) voucher.Target {
 	return voucher.Target{Provider: &sl.prov.acct, Offer: &sl.it.Offer, Region: sl.mkt.Region,
-		PriceTicks: sl.ticks, ListTicks: sl.listTicks, Ref: s.reference(sl.mkt), ProviderSig: sl.prov.sig}
+		PriceTicks: sl.ticks, ListTicks: sl.listTicks, Ref: s.reference(sn), ProviderSig: sl.prov.sig}
 }
 
 // take prices the eligible offer sn.slots[i], rm being the grants whose
@@ -926,7 +928,7 @@ func (s *Scratch) price(sn *Snapshot, at int, region string, rm uint64, ticks, l
 	grant, disc, net := -1, int64(0), gross
 	if s.vouchers {
 		t := voucher.Target{Provider: acct, Region: region, PriceTicks: ticks, ListTicks: listTicks,
-			Ref: s.reference(sn.mkt), ProviderSig: sig}
+			Ref: s.reference(sn), ProviderSig: sig}
 		if listTicks < 0 {
 			t.Offer = &sl.it.Offer
 		}

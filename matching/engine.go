@@ -3,6 +3,7 @@ package matching
 import (
 	"context"
 	"errors"
+	"github.com/shopspring/decimal"
 	"math"
 	"math/bits"
 	"slices"
@@ -24,15 +25,19 @@ const (
 	EventRemove
 	// EventProvider records Event.Provider in every market.
 	EventProvider
+	// EventReference sets the reference price of market Event.Market (see
+	// SetReference).
+	EventReference
 )
 
 // Event is one change to the books, as the catalog's change streams carry it.
 type Event struct {
-	Kind     EventKind
-	Offer    market.Offer     // EventUpsert
-	Provider market.Account   // EventUpsert, EventProvider
-	Market   market.MarketKey // EventRemove
-	OfferID  string           // EventRemove
+	Kind      EventKind
+	Offer     market.Offer     // EventUpsert
+	Provider  market.Account   // EventUpsert, EventProvider
+	Market    market.MarketKey // EventRemove, EventReference
+	OfferID   string           // EventRemove
+	Reference decimal.Decimal  // EventReference
 }
 
 // Upsert returns the event that adds or replaces offer.
@@ -48,6 +53,15 @@ func Remove(m market.MarketKey, offerID string) Event {
 // SetProvider returns the event that records a provider's account (status,
 // certifications) in every market.
 func SetProvider(p market.Account) Event { return Event{Kind: EventProvider, Provider: p} }
+
+// SetReference returns the event that sets the reference price of market m
+// for the voucher guard (the market's 30-day unsubsidised VWAP); zero
+// clears it, so that offers are held to their list prices. Decisions on a
+// request without its own Request.Reference take the reference from the
+// market's snapshot: read with the snapshot, asked nothing.
+func SetReference(m market.MarketKey, ref decimal.Decimal) Event {
+	return Event{Kind: EventReference, Market: m, Reference: ref}
+}
 
 // Errors of the Engine.
 var (
@@ -196,7 +210,7 @@ func (e *Engine) Apply(ctx context.Context, ev Event) error {
 	switch ev.Kind {
 	case EventUpsert:
 		return e.send(ctx, ev.Offer.Market(), ownerMsg{ev: ev})
-	case EventRemove:
+	case EventRemove, EventReference:
 		return e.send(ctx, ev.Market, ownerMsg{ev: ev})
 	case EventProvider:
 		g := &providerGroup{}
@@ -428,6 +442,10 @@ func (e *Engine) applyEvent(o *owner, ev Event, changed []slot) []slot {
 		b.Remove(ev.OfferID)
 	case EventProvider:
 		changed = b.SetProvider(ev.Provider, changed)
+	case EventReference:
+		// A reference moves discounts, not what a job's limits accept:
+		// no resting job becomes matchable.
+		b.SetReference(ev.Reference)
 	}
 	return changed
 }

@@ -51,10 +51,16 @@ func (w *world) events(n int) []Event {
 			k := w.rng.Intn(len(live))
 			evs = append(evs, Remove(live[k].Market(), live[k].ID))
 			live = slices.Delete(live, k, k+1)
-		default:
+		case w.rng.Intn(2) == 0:
 			p := w.providers[w.rng.Intn(len(w.providers))]
 			p.Status = []market.ProviderStatus{market.ProviderApproved, market.ProviderSuspended}[w.rng.Intn(2)]
 			evs = append(evs, SetProvider(p))
+		default:
+			// A market's reference price, as brokerd refreshes them: one
+			// of marketReference's kinds, or another market's.
+			ms := testMarkets(w)
+			m := ms[w.rng.Intn(len(ms))]
+			evs = append(evs, SetReference(m, marketReference(ms[w.rng.Intn(len(ms))])))
 		}
 	}
 	return evs
@@ -66,7 +72,7 @@ func (w *world) events(n int) []Event {
 func TestEngineEqualsRank(t *testing.T) {
 	ctx := context.Background()
 	s := NewScratch()
-	numbered, named, provsByNum, provsByID := 0, 0, 0, 0
+	numbered, named, provsByNum, provsByID, bookRefs := 0, 0, 0, 0, 0
 	for seed := int64(1); seed <= 30; seed++ {
 		w := newWorld(seed)
 		e := NewEngine(Config{Markets: testMarkets(w), QueueSize: 8})
@@ -77,6 +83,8 @@ func TestEngineEqualsRank(t *testing.T) {
 		for _, m := range testMarkets(w) {
 			ref[m] = NewBook(m)
 		}
+		// refs: the markets' reference prices the events set.
+		refs := map[market.MarketKey]decimal.Decimal{}
 		for i, ev := range evs {
 			switch ev.Kind {
 			case EventUpsert:
@@ -87,6 +95,9 @@ func TestEngineEqualsRank(t *testing.T) {
 				for _, b := range ref {
 					b.SetProvider(ev.Provider, nil)
 				}
+			case EventReference:
+				ref[ev.Market].SetReference(ev.Reference)
+				refs[ev.Market] = ev.Reference
 			}
 			if err := e.Apply(ctx, ev); err != nil {
 				t.Fatal(err)
@@ -133,7 +144,19 @@ func TestEngineEqualsRank(t *testing.T) {
 					}
 				}
 				got := e.Match(req, limit)
-				want := Rank(req, candidatesOf(snaps), limit)
+				// Without a Reference of its own, the request is held to
+				// the references the engine's books hold; Rank is told them.
+				rreq := req
+				if rreq.Reference == nil {
+					rreq.Reference = func(k market.MarketKey) decimal.Decimal { return refs[k] }
+					for _, sn := range snaps {
+						if sn.ref != nil && len(req.Grants) > 0 && req.Job.UseVouchers {
+							bookRefs++
+							break
+						}
+					}
+				}
+				want := Rank(rreq, candidatesOf(snaps), limit)
 				label := fmt.Sprintf("seed %d event %d case %d", seed, i, k)
 				sameMatches(t, label, got.Matches, want.Matches)
 				// Compiled, as the broker builds requests: the engine
@@ -161,10 +184,13 @@ func TestEngineEqualsRank(t *testing.T) {
 		}
 		e.Close()
 	}
-	t.Logf("compiled requests: %d decided by number, %d by name; with grants, %d took the providers by number, %d by id",
-		numbered, named, provsByNum, provsByID)
+	t.Logf("compiled requests: %d decided by number, %d by name; with grants, %d took the providers by number, %d by id; %d with vouchers held to the books' reference prices",
+		numbered, named, provsByNum, provsByID, bookRefs)
 	if numbered < 1000 || named < 100 || provsByNum < 1000 || provsByID < 100 {
 		t.Fatal("the requests do not exercise both ways of finding the markets")
+	}
+	if bookRefs < 500 {
+		t.Fatal("the requests do not exercise the books' reference prices")
 	}
 }
 

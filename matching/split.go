@@ -161,7 +161,7 @@ func (ss *splitSearch) market(sn *Snapshot) int {
 		eligible++
 		e := splitEntry{s: sl, cap: min(sl.unitsFree, ss.units)}
 		if len(ss.grants) > 0 {
-			t := s.target(sl)
+			t := s.target(sn, sl)
 			for gi := range ss.grants {
 				if s.prep.Applicable(&ss.grants[gi], &t) {
 					e.sig |= 1 << gi
