@@ -1,7 +1,6 @@
 package matching
 
 import (
-	"github.com/shopspring/decimal"
 	"maps"
 	"slices"
 	"strings"
@@ -10,6 +9,8 @@ import (
 
 	"computebroker/market"
 	"computebroker/voucher"
+
+	"github.com/shopspring/decimal"
 )
 
 // maxTicks is market.MaxPrice in ticks: the dearest price a book holds, so

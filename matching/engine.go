@@ -3,7 +3,6 @@ package matching
 import (
 	"context"
 	"errors"
-	"github.com/shopspring/decimal"
 	"math"
 	"math/bits"
 	"slices"
@@ -12,6 +11,8 @@ import (
 	"time"
 
 	"computebroker/market"
+
+	"github.com/shopspring/decimal"
 )
 
 // EventKind says what an Event changes.
