@@ -296,10 +296,9 @@ func (p *Prepared) Applicable(c *Compiled, t *Target) bool {
 // coefficient and exponent when the coefficient fits 64 bits, else the
 // decimal.
 type Reference struct {
-	d     decimal.Decimal
-	c     uint64 // 0: not positive, or not held in integers (see d)
-	e     int32
-	exact bool // c and e hold it
+	d decimal.Decimal
+	c uint64 // the coefficient; 0 when d is not positive or c and e do not hold it
+	e int32
 }
 
 // NewReference prepares ref for the guard; a zero or negative ref means
@@ -307,7 +306,7 @@ type Reference struct {
 func NewReference(ref decimal.Decimal) Reference {
 	r := Reference{d: ref}
 	if ref.IsPositive() && ref.NumDigits() <= 18 {
-		r.c, r.e, r.exact = uint64(ref.CoefficientInt64()), ref.Exponent(), true
+		r.c, r.e = uint64(ref.CoefficientInt64()), ref.Exponent()
 	}
 	return r
 }
@@ -318,13 +317,8 @@ func (r *Reference) Decimal() decimal.Decimal { return r.d }
 // aboveGuard reports, exactly, whether the price is above ref × GuardRatio
 // (ref zero: the list price; both zero: never).
 func (p *Prepared) aboveGuard(t *Target) bool {
-	if r := t.Ref; r != nil {
-		if r.exact {
-			return p.above(t.PriceTicks, r.c, r.e)
-		}
-		if r.d.IsPositive() {
-			return market.TicksPrice(t.PriceTicks).GreaterThan(r.d.Mul(p.guard))
-		}
+	if r := t.Ref; r != nil && (r.c != 0 || r.d.IsPositive()) {
+		return p.aboveRef(t.PriceTicks, r)
 	}
 	switch {
 	case t.ListTicks == 0:
@@ -332,16 +326,19 @@ func (p *Prepared) aboveGuard(t *Target) bool {
 	case t.ListTicks > 0:
 		return p.above(t.PriceTicks, uint64(t.ListTicks), -market.PriceScale)
 	case t.Offer.ListPrice.IsPositive():
-		return p.aboveDecimal(t.PriceTicks, t.Offer.ListPrice)
+		r := NewReference(t.Offer.ListPrice)
+		return p.aboveRef(t.PriceTicks, &r)
 	}
 	return false
 }
 
-func (p *Prepared) aboveDecimal(priceTicks int64, ref decimal.Decimal) bool {
-	if ref.NumDigits() <= 18 {
-		return p.above(priceTicks, uint64(ref.CoefficientInt64()), ref.Exponent())
+// aboveRef reports whether priceTicks is above r × GuardRatio; r must be
+// positive.
+func (p *Prepared) aboveRef(priceTicks int64, r *Reference) bool {
+	if r.c != 0 {
+		return p.above(priceTicks, r.c, r.e)
 	}
-	return market.TicksPrice(priceTicks).GreaterThan(ref.Mul(p.guard))
+	return market.TicksPrice(priceTicks).GreaterThan(r.d.Mul(p.guard))
 }
 
 // above reports whether priceTicks > refC × 10^refE × G (refC > 0):

@@ -83,7 +83,7 @@ func TestPreparedChooseEqualsChoose(t *testing.T) {
 		}
 		if !ref.IsZero() {
 			r := NewReference(ref)
-			if !r.Decimal().Equal(ref) || r.exact != (ref.NumDigits() <= 18) {
+			if !r.Decimal().Equal(ref) || (r.c != 0) != (ref.NumDigits() <= 18) {
 				t.Fatalf("case %d: NewReference(%s) = %+v", n, ref, r)
 			}
 			refp = &r
