@@ -317,8 +317,13 @@ func (r *Reference) Decimal() decimal.Decimal { return r.d }
 // aboveGuard reports, exactly, whether the price is above ref × GuardRatio
 // (ref zero: the list price; both zero: never).
 func (p *Prepared) aboveGuard(t *Target) bool {
-	if r := t.Ref; r != nil && (r.c != 0 || r.d.IsPositive()) {
-		return p.aboveRef(t.PriceTicks, r)
+	if r := t.Ref; r != nil {
+		if r.c != 0 { // aboveRef's first case, here for the common path
+			return p.above(t.PriceTicks, r.c, r.e)
+		}
+		if r.d.IsPositive() {
+			return p.aboveRef(t.PriceTicks, r)
+		}
 	}
 	switch {
 	case t.ListTicks == 0:
