@@ -57,10 +57,14 @@ func (w *world) events(n int) []Event {
 			evs = append(evs, SetProvider(p))
 		default:
 			// A market's reference price, as brokerd refreshes them: one
-			// of marketReference's kinds, or another market's.
+			// of marketReference's kinds, another market's, or none
+			// (zero: a market whose history has no trade any more).
 			ms := testMarkets(w)
-			m := ms[w.rng.Intn(len(ms))]
-			evs = append(evs, SetReference(m, marketReference(ms[w.rng.Intn(len(ms))])))
+			ref := marketReference(ms[w.rng.Intn(len(ms))])
+			if w.rng.Intn(4) == 0 {
+				ref = decimal.Zero
+			}
+			evs = append(evs, SetReference(ms[w.rng.Intn(len(ms))], ref))
 		}
 	}
 	return evs
