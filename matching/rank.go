@@ -29,9 +29,11 @@ type Request struct {
 	Terms []voucher.Terms
 	Now   time.Time
 	Rules voucher.Rules
-	// Reference gives a market's reference price for the voucher guard;
-	// nil, or a zero answer, means each offer's list price. A decision asks
-	// it once per market whose offers it prices with a voucher.
+	// Reference gives a market's reference price for the voucher guard,
+	// asked once per decision and market whose offers are priced with a
+	// voucher; a zero answer means each offer's list price. Nil: a decision
+	// over snapshots takes the reference their books hold (SetReference),
+	// and Rank, which has no books, the list prices.
 	Reference func(market.MarketKey) decimal.Decimal
 	// Set by Compile: the job's max price in ticks (-1: no limit), the
 	// SME's related-party key signature (voucher.KeysSig) and the names
