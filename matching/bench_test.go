@@ -260,7 +260,7 @@ const sampleEvery = 8
 // cache. Its cost depends on the speed of the core the benchmark runs on
 // and hardly on memory, so it tells, for each run, whether the host gave
 // the benchmark a whole core: on the reference machine (docs/BENCHMARKS.md)
-// it is about 290 ns with the core to itself and 1.8 times that when the
+// it is about 330 ns with the core to itself and 1.7–1.9 times that when the
 // host shares the core with other work.
 const (
 	segment       = 1 << 14
@@ -525,4 +525,25 @@ func TestBenchWorldEqualsRank(t *testing.T) {
 		}
 	}
 	t.Logf("%d jobs, %d matched, %d won with a voucher", len(w.jobs), matched, voucherWins)
+}
+
+// TestDecideReportsControl runs the Decide benchmark's loop on a small
+// world: it reports the decision rate and, for the control, a cost per
+// decision of the right size (more than nothing, less than a decision
+// takes at worst), and the control allocates nothing.
+func TestDecideReportsControl(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a benchmark")
+	}
+	w := newBenchWorld(t, 2_000, 128)
+	defer w.engine.Close()
+	res := testing.Benchmark(func(b *testing.B) { runDecide(b, w, NewScratch(), true) })
+	ctl, rate := res.Extra["in-cache-ns"], res.Extra["decisions/s"]
+	if rate <= 0 || ctl <= 0 || ctl > 100_000 {
+		t.Fatalf("decisions/s %v, in-cache-ns %v", rate, ctl)
+	}
+	if res.AllocsPerOp() != 0 {
+		t.Fatalf("%d allocations per decision", res.AllocsPerOp())
+	}
+	t.Logf("decisions/s %.0f, in-cache-ns %.0f", rate, ctl)
 }
