@@ -15,7 +15,7 @@ import (
 	"computebroker/market"
 )
 
-func newStore(t *testing.T) *Store {
+func newStore(t testing.TB) *Store {
 	t.Helper()
 	opt, err := redis.ParseURL(testsvc.Redis(t))
 	if err != nil {

@@ -110,17 +110,72 @@ type VoucherState struct {
 	Held decimal.Decimal
 }
 
-// Vouchers lists an SME's vouchers, earliest expiry first.
+// Vouchers lists an SME's vouchers, earliest expiry first, in one round
+// trip.
 func (s *Store) Vouchers(ctx context.Context, smeID string) ([]VoucherState, error) {
-	ids, err := s.rdb.SMembers(ctx, vouchersKey(smeID)).Result()
+	vs, _, err := s.smeVouchers(ctx, smeID, 0)
+	return vs, err
+}
+
+// smeVouchersScript reads, in the SME's slot, the SME's vouchers (KEYS[1]
+// is its voucher set, ARGV[1] the prefix of a voucher's key) and, when
+// ARGV[2] is not empty, its annual cap use in the programme of each of
+// them (the cap key is ARGV[2] .. programme .. ARGV[3]). It returns the
+// vouchers' json, balance, held and programme fields, four to a voucher,
+// then the caps' programme, used and held, three to a programme. Every
+// key it reads is in the slot of KEYS[1].
+var smeVouchersScript = redis.NewScript(`
+local vs, caps, seen = {}, {}, {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local v = redis.call('HMGET', ARGV[1] .. id, 'json', 'balance', 'held', 'program')
+  for i = 1, 4 do vs[#vs + 1] = v[i] end
+  local p = v[4]
+  if ARGV[2] ~= '' and p and not seen[p] then
+    seen[p] = true
+    local c = redis.call('HMGET', ARGV[2] .. p .. ARGV[3], 'used', 'held')
+    caps[#caps + 1] = p
+    caps[#caps + 1] = c[1]
+    caps[#caps + 1] = c[2]
+  end
+end
+return {vs, caps}
+`)
+
+// smeVouchers returns an SME's vouchers, earliest expiry first, and with
+// year > 0 the SME's cap use (used + held, in fen) in year in the
+// programme of each voucher that names it in its hash: one round trip.
+func (s *Store) smeVouchers(ctx context.Context, smeID string, year int) ([]VoucherState, map[string]int64, error) {
+	capPrefix, capSuffix := "", ""
+	if year > 0 {
+		capPrefix, capSuffix = smeTag(smeID)+":cap:", ":"+strconv.Itoa(year)
+	}
+	res, err := smeVouchersScript.Run(ctx, s.rdb, []string{vouchersKey(smeID)}, smeTag(smeID)+":voucher:", capPrefix, capSuffix).Slice()
 	if err != nil {
-		return nil, unavailable("list vouchers", err)
+		return nil, nil, unavailable("load vouchers", err)
 	}
-	refs := make([][2]string, len(ids))
-	for i, id := range ids {
-		refs[i] = [2]string{smeID, id}
+	if len(res) != 2 {
+		return nil, nil, unavailable("load vouchers", fmt.Errorf("script returned %d parts", len(res)))
 	}
-	return s.loadVouchers(ctx, refs)
+	fields, _ := res[0].([]any)
+	capFields, _ := res[1].([]any)
+	str := func(v any) string { s, _ := v.(string); return s }
+	out := make([]VoucherState, 0, len(fields)/4)
+	for i := 0; i+3 < len(fields); i += 4 {
+		var v market.Voucher
+		if json.Unmarshal([]byte(str(fields[i])), &v) != nil {
+			continue
+		}
+		bal, _ := strconv.ParseInt(str(fields[i+1]), 10, 64)
+		held, _ := strconv.ParseInt(str(fields[i+2]), 10, 64)
+		v.Balance = fromFen(bal)
+		out = append(out, VoucherState{Voucher: v, Held: fromFen(held)})
+	}
+	sortVouchers(out)
+	caps := make(map[string]int64, len(capFields)/3)
+	for i := 0; i+2 < len(capFields); i += 3 {
+		caps[str(capFields[i])] = toInt(capFields[i+1]) + toInt(capFields[i+2])
+	}
+	return out, caps, nil
 }
 
 // AllVouchers lists every voucher, earliest expiry first.
@@ -161,13 +216,18 @@ func (s *Store) loadVouchers(ctx context.Context, refs [][2]string) ([]VoucherSt
 		v.Balance = fromFen(bal)
 		out = append(out, VoucherState{Voucher: v, Held: fromFen(held)})
 	}
+	sortVouchers(out)
+	return out, nil
+}
+
+// sortVouchers orders vouchers by expiry, then id.
+func sortVouchers(out []VoucherState) {
 	sort.Slice(out, func(i, j int) bool {
 		if !out[i].ExpiresAt.Equal(out[j].ExpiresAt) {
 			return out[i].ExpiresAt.Before(out[j].ExpiresAt)
 		}
 		return out[i].ID < out[j].ID
 	})
-	return out, nil
 }
 
 // Funds is one voucher of an SME with everything needed to price it: the
@@ -182,9 +242,11 @@ type Funds struct {
 }
 
 // Funds returns the SME's unexpired vouchers with balance left and the state
-// of their programmes, in three round trips.
+// of their programmes, in two round trips: the SME's vouchers and caps (one
+// slot), then the programmes and their budgets.
 func (s *Store) Funds(ctx context.Context, smeID string, now time.Time) ([]Funds, error) {
-	vs, err := s.Vouchers(ctx, smeID)
+	year := CapYear(now)
+	vs, capUse, err := s.smeVouchers(ctx, smeID, year)
 	if err != nil {
 		return nil, err
 	}
@@ -197,17 +259,18 @@ func (s *Store) Funds(ctx context.Context, smeID string, now time.Time) ([]Funds
 	if len(live) == 0 {
 		return nil, nil
 	}
-	year := CapYear(now)
 	pipe := s.rdb.Pipeline()
 	progs := map[string]*redis.StringCmd{}
-	caps := map[string]*redis.SliceCmd{}
+	caps := map[string]*redis.SliceCmd{} // for vouchers whose hash names no programme
 	budgets := map[string]*redis.SliceCmd{}
 	for _, v := range live {
 		if _, ok := progs[v.ProgramID]; ok {
 			continue
 		}
 		progs[v.ProgramID] = pipe.Get(ctx, programKey(v.ProgramID))
-		caps[v.ProgramID] = pipe.HMGet(ctx, capKey(smeID, v.ProgramID, year), "used", "held")
+		if _, ok := capUse[v.ProgramID]; !ok {
+			caps[v.ProgramID] = pipe.HMGet(ctx, capKey(smeID, v.ProgramID, year), "used", "held")
+		}
 		budgets[v.ProgramID] = pipe.HMGet(ctx, budgetKey(v.ProgramID), "budget", "spent", "held")
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !isNil(err) {
@@ -219,9 +282,13 @@ func (s *Store) Funds(ctx context.Context, smeID string, now time.Time) ([]Funds
 		if err := json.Unmarshal([]byte(progs[v.ProgramID].Val()), &p); err != nil {
 			continue
 		}
-		c := caps[v.ProgramID].Val()
+		used, ok := capUse[v.ProgramID]
+		if !ok {
+			c := caps[v.ProgramID].Val()
+			used = toInt(c[0]) + toInt(c[1])
+		}
 		b := budgets[v.ProgramID].Val()
-		capLeft := p.AnnualCapPerCompany.Sub(fromFen(toInt(c[0]) + toInt(c[1])))
+		capLeft := p.AnnualCapPerCompany.Sub(fromFen(used))
 		budgetLeft := fromFen(toInt(b[0]) - toInt(b[1]) - toInt(b[2]))
 		out = append(out, Funds{Voucher: v.Voucher, Program: p, Available: v.Balance.Sub(v.Held), CapLeft: capLeft, BudgetLeft: budgetLeft})
 	}
