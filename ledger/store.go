@@ -15,7 +15,8 @@ import (
 
 // Store keeps the money side of the market in Redis.
 type Store struct {
-	rdb redis.UniversalClient
+	rdb  redis.UniversalClient
+	defs defs
 }
 
 // New returns a Store over rdb.

@@ -161,8 +161,8 @@ func (s *Store) smeVouchers(ctx context.Context, smeID string, year int) ([]Vouc
 	str := func(v any) string { s, _ := v.(string); return s }
 	out := make([]VoucherState, 0, len(fields)/4)
 	for i := 0; i+3 < len(fields); i += 4 {
-		var v market.Voucher
-		if json.Unmarshal([]byte(str(fields[i])), &v) != nil {
+		v, ok := s.defs.voucher(str(fields[i]))
+		if !ok {
 			continue
 		}
 		bal, _ := strconv.ParseInt(str(fields[i+1]), 10, 64)
@@ -207,8 +207,8 @@ func (s *Store) loadVouchers(ctx context.Context, refs [][2]string) ([]VoucherSt
 	out := make([]VoucherState, 0, len(refs))
 	for _, c := range cmds {
 		vals := c.Val()
-		var v market.Voucher
-		if json.Unmarshal([]byte(vals["json"]), &v) != nil {
+		v, ok := s.defs.voucher(vals["json"])
+		if !ok {
 			continue
 		}
 		bal, _ := strconv.ParseInt(vals["balance"], 10, 64)
@@ -278,8 +278,8 @@ func (s *Store) Funds(ctx context.Context, smeID string, now time.Time) ([]Funds
 	}
 	out := make([]Funds, 0, len(live))
 	for _, v := range live {
-		var p market.Program
-		if err := json.Unmarshal([]byte(progs[v.ProgramID].Val()), &p); err != nil {
+		p, ok := s.defs.program(progs[v.ProgramID].Val())
+		if !ok {
 			continue
 		}
 		used, ok := capUse[v.ProgramID]
