@@ -12,53 +12,48 @@ import (
 // are stored as. Both are written once (SETNX, HSETNX) and never changed,
 // and a decoded value depends on its bytes alone, so a hit is exact
 // whatever happens to the keys; a quote then decodes no JSON it has seen
-// before (each took about 5 µs, a fifth of reading an SME's funds). It
-// starts over past maxDefs entries of a kind.
+// before (each took about 5 µs, a fifth of reading an SME's funds).
 type defs struct {
-	mu       sync.RWMutex
-	programs map[string]market.Program
-	vouchers map[string]market.Voucher
+	programs decoded[market.Program]
+	vouchers decoded[market.Voucher]
+}
+
+// program decodes a programme; ok is false when raw is not one. The
+// caller gets lists of its own: the cached ones stay as decoded.
+func (d *defs) program(raw string) (market.Program, bool) {
+	p, ok := d.programs.get(raw)
+	p.ResourceClasses, p.Regions, p.Providers = slices.Clone(p.ResourceClasses), slices.Clone(p.Regions), slices.Clone(p.Providers)
+	return p, ok
+}
+
+// voucher decodes a voucher's definition; ok is false when raw is not one.
+func (d *defs) voucher(raw string) (market.Voucher, bool) { return d.vouchers.get(raw) }
+
+// decoded maps JSON texts to their decoded values; it starts over past
+// maxDefs entries.
+type decoded[T any] struct {
+	mu sync.RWMutex
+	m  map[string]T
 }
 
 const maxDefs = 4096
 
-// program decodes a programme; ok is false when raw is not one.
-func (d *defs) program(raw string) (p market.Program, ok bool) {
-	d.mu.RLock()
-	p, ok = d.programs[raw]
-	d.mu.RUnlock()
-	if !ok {
-		if json.Unmarshal([]byte(raw), &p) != nil {
-			return market.Program{}, false
-		}
-		d.mu.Lock()
-		if d.programs == nil || len(d.programs) >= maxDefs {
-			d.programs = make(map[string]market.Program)
-		}
-		d.programs[raw] = p
-		d.mu.Unlock()
-	}
-	// The caller gets lists of its own: the cached ones stay as decoded.
-	p.ResourceClasses, p.Regions, p.Providers = slices.Clone(p.ResourceClasses), slices.Clone(p.Regions), slices.Clone(p.Providers)
-	return p, true
-}
-
-// voucher decodes a voucher's definition; ok is false when raw is not one.
-func (d *defs) voucher(raw string) (v market.Voucher, ok bool) {
-	d.mu.RLock()
-	v, ok = d.vouchers[raw]
-	d.mu.RUnlock()
+func (c *decoded[T]) get(raw string) (v T, ok bool) {
+	c.mu.RLock()
+	v, ok = c.m[raw]
+	c.mu.RUnlock()
 	if ok {
 		return v, true
 	}
 	if json.Unmarshal([]byte(raw), &v) != nil {
-		return market.Voucher{}, false
+		var zero T
+		return zero, false
 	}
-	d.mu.Lock()
-	if d.vouchers == nil || len(d.vouchers) >= maxDefs {
-		d.vouchers = make(map[string]market.Voucher)
+	c.mu.Lock()
+	if c.m == nil || len(c.m) >= maxDefs {
+		c.m = make(map[string]T)
 	}
-	d.vouchers[raw] = v
-	d.mu.Unlock()
+	c.m[raw] = v
+	c.mu.Unlock()
 	return v, true
 }

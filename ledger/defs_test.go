@@ -50,7 +50,7 @@ func TestDefsDecodeOnceExactly(t *testing.T) {
 	for i := 0; i < maxDefs+10; i++ {
 		d.voucher(fmt.Sprintf(`{"id":"v%d"}`, i))
 	}
-	if n := len(d.vouchers); n > maxDefs {
+	if n := len(d.vouchers.m); n > maxDefs {
 		t.Fatalf("%d vouchers cached, bound %d", n, maxDefs)
 	}
 }
