@@ -161,14 +161,9 @@ func (s *Store) smeVouchers(ctx context.Context, smeID string, year int) ([]Vouc
 	str := func(v any) string { s, _ := v.(string); return s }
 	out := make([]VoucherState, 0, len(fields)/4)
 	for i := 0; i+3 < len(fields); i += 4 {
-		v, ok := s.defs.voucher(str(fields[i]))
-		if !ok {
-			continue
+		if v, ok := s.voucherState(str(fields[i]), str(fields[i+1]), str(fields[i+2])); ok {
+			out = append(out, v)
 		}
-		bal, _ := strconv.ParseInt(str(fields[i+1]), 10, 64)
-		held, _ := strconv.ParseInt(str(fields[i+2]), 10, 64)
-		v.Balance = fromFen(bal)
-		out = append(out, VoucherState{Voucher: v, Held: fromFen(held)})
 	}
 	sortVouchers(out)
 	caps := make(map[string]int64, len(capFields)/3)
@@ -207,17 +202,25 @@ func (s *Store) loadVouchers(ctx context.Context, refs [][2]string) ([]VoucherSt
 	out := make([]VoucherState, 0, len(refs))
 	for _, c := range cmds {
 		vals := c.Val()
-		v, ok := s.defs.voucher(vals["json"])
-		if !ok {
-			continue
+		if v, ok := s.voucherState(vals["json"], vals["balance"], vals["held"]); ok {
+			out = append(out, v)
 		}
-		bal, _ := strconv.ParseInt(vals["balance"], 10, 64)
-		held, _ := strconv.ParseInt(vals["held"], 10, 64)
-		v.Balance = fromFen(bal)
-		out = append(out, VoucherState{Voucher: v, Held: fromFen(held)})
 	}
 	sortVouchers(out)
 	return out, nil
+}
+
+// voucherState builds a voucher from its hash's json, balance and held
+// fields; ok is false when the json is not a voucher.
+func (s *Store) voucherState(def, balance, held string) (VoucherState, bool) {
+	v, ok := s.defs.voucher(def)
+	if !ok {
+		return VoucherState{}, false
+	}
+	bal, _ := strconv.ParseInt(balance, 10, 64)
+	h, _ := strconv.ParseInt(held, 10, 64)
+	v.Balance = fromFen(bal)
+	return VoucherState{Voucher: v, Held: fromFen(h)}, true
 }
 
 // sortVouchers orders vouchers by expiry, then id.
