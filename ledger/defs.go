@@ -12,7 +12,7 @@ import (
 // are stored as. Both are written once (SETNX, HSETNX) and never changed,
 // and a decoded value depends on its bytes alone, so a hit is exact
 // whatever happens to the keys; a quote then decodes no JSON it has seen
-// before (each took about 5 µs, a fifth of reading an SME's funds).
+// before (each took about 5 µs, a quarter of reading an SME's funds).
 type defs struct {
 	programs decoded[market.Program]
 	vouchers decoded[market.Voucher]

@@ -260,7 +260,7 @@ const sampleEvery = 8
 // cache. Its cost depends on the speed of the core the benchmark runs on
 // and hardly on memory, so it tells, for each run, whether the host gave
 // the benchmark a whole core: on the reference machine (docs/BENCHMARKS.md)
-// it is about 330 ns with the core to itself and 1.7–1.9 times that when the
+// it was 311–396 ns with the core to itself and 494–640 ns when the
 // host shares the core with other work.
 const (
 	segment       = 1 << 14
